@@ -1,0 +1,54 @@
+# Two entry points: `make run` (install, then the whole pipeline on the embedded default) and
+# `make test` (install, then lint and the full test suite). Everything goes into a project virtual
+# environment, .venv/ — use its tools directly (.venv/bin/dvc) or `source .venv/bin/activate`.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+LLAMA_CPP_VERSION := 0.3.36
+SDIST_DIR := $(VENV)/sdist
+STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
+
+.PHONY: run test install install-test lint report clean-venv
+
+run: $(STAMP)
+	$(BIN)/dvc repro
+
+test: $(STAMP) $(TEST_STAMP) lint
+	$(BIN)/python -m pytest
+
+lint: $(TEST_STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+install: $(STAMP)
+install-test: $(TEST_STAMP)
+
+$(VENV)/bin/python:
+	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && apt-get install -y -qq python3-venv && $(PYTHON) -m venv $(VENV); \
+	  else echo "error: '$(PYTHON) -m venv' failed; install python3-venv (Debian) and retry" >&2; exit 1; fi; }
+	$(BIN)/python -m pip install -q --upgrade pip
+
+# torch first and alone, so that no other requirement can pull a (multi-GB) CUDA build on a CPU box.
+# The llama-cpp-python sdist is downloaded once: pip builds the runtime from it, and
+# stages/llama_cpp.py extracts llama.cpp's own GGUF converter from the same file.
+$(STAMP): requirements.txt $(VENV)/bin/python
+	$(BIN)/pip install -q torch==2.13.0
+	@test -f $(SDIST_DIR)/llama_cpp_python-$(LLAMA_CPP_VERSION).tar.gz || \
+	  $(BIN)/pip download -q --no-deps --no-binary :all: -d $(SDIST_DIR) llama-cpp-python==$(LLAMA_CPP_VERSION)
+	$(BIN)/pip install -q -r requirements.txt --find-links $(SDIST_DIR)
+	$(BIN)/python -m stages.llama_cpp --sdist $(SDIST_DIR)/llama_cpp_python-$(LLAMA_CPP_VERSION).tar.gz
+	touch $@
+
+$(TEST_STAMP): requirements-test.txt $(STAMP)
+	$(BIN)/pip install -q -r requirements-test.txt
+	touch $@
+
+report: $(STAMP)
+	$(BIN)/python -m stages.report
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,159 @@
+"""Benchmark: the guide's prepare command on a generated Firefly-sized file (1.1 M rows).
+
+    python bench/bench_prepare.py [--rows 1100000] [--tokenizer models/base] [--keep DIR]
+
+Writes a JSONL file in Firefly's layout ({"kind", "input", "target"}): Chinese rows made of random
+clauses of the shipped data/raw text (so the tokenizer sees real words), with a sprinkling of damage
+(exact duplicates, empty answers, refusals, bad JSON); runs the guide's command on it,
+`python -m stages.prepare --input F --output OUT --max_length 2048 --on-error skip`, and reports rows/s
+end to end and the peak memory of the whole process tree (the main process
+plus its workers, sampled from /proc). Prints one JSON object; timings never go into tracked files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+KINDS = ["ClassicalChinese", "Couplet", "MusicComment", "Composition", "NER", "Summary", "BELLE", "MRC"]
+CLAUSE_END = re.compile(r"(?<=[。！？；\n])")
+
+
+def clause_pool(raw_dir: Path) -> list[str]:
+    """Clauses of the shipped Chinese raw data: generated rows read like real text to the tokenizer."""
+    clauses = []
+    for path in sorted(raw_dir.glob("*.jsonl")):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            for value in json.loads(line).values():
+                if isinstance(value, str):
+                    clauses += [c.strip() for c in CLAUSE_END.split(value) if len(c.strip()) > 3]
+    return sorted(set(clauses))
+
+
+def generate(path: Path, rows: int, clauses: list[str], seed: int = 0) -> None:
+    """Firefly's layout; about 2% exact duplicates, 1% empty answers, 0.5% refusals, 0.5% broken JSON."""
+    rng = random.Random(seed)
+    recent: list[str] = []
+    with open(path, "w", encoding="utf-8") as f:
+        for i in range(rows):
+            roll = rng.random()
+            if roll < 0.02 and recent:
+                f.write(rng.choice(recent))
+                continue
+            if roll < 0.025:
+                f.write('{"kind": "NER", "input": "broken\n')
+                continue
+            question = "".join(rng.choices(clauses, k=rng.randint(1, 2)))
+            answer = "".join(rng.choices(clauses, k=rng.randint(3, 8)))
+            if roll < 0.035:
+                answer = "   "
+            elif roll < 0.04:
+                answer = "作为一个AI语言模型，" + answer
+            line = json.dumps({"kind": rng.choice(KINDS), "input": question, "target": answer}, ensure_ascii=False)
+            f.write(line + "\n")
+            if i % 97 == 0:
+                recent = [*recent[-50:], line + "\n"]
+
+
+def peak_tree_memory(pid: int, stop: threading.Event, result: list[tuple[int, int]]) -> None:
+    """Largest sums of RSS and of PSS (shared pages divided among the processes sharing them: forked
+    workers share most of the parent's memory) over the process and its descendants, every 0.1 s."""
+    peak_rss = peak_pss = 0
+    while not stop.is_set():
+        rss = pss = 0
+        for p in [pid, *_descendants(pid)]:
+            try:
+                for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
+                    if line.startswith("Rss:"):
+                        rss += int(line.split()[1]) * 1024
+                    elif line.startswith("Pss:"):
+                        pss += int(line.split()[1]) * 1024
+            except OSError:
+                continue
+        peak_rss, peak_pss = max(peak_rss, rss), max(peak_pss, pss)
+        time.sleep(0.1)
+    result.append((peak_rss, peak_pss))
+
+
+def _descendants(pid: int) -> list[int]:
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return []
+    found = [int(c) for c in children]
+    for child in list(found):
+        found += _descendants(child)
+    return found
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=1_100_000)
+    parser.add_argument("--tokenizer", default="models/base")
+    parser.add_argument("--num-proc", type=int, default=2)
+    parser.add_argument("--keep", type=Path, help="write the files here instead of a temporary folder")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = args.keep or Path(tmp)
+        folder.mkdir(parents=True, exist_ok=True)
+        raw, out = folder / "firefly_bench.jsonl", folder / "processed.jsonl"
+        started = time.perf_counter()
+        generate(raw, args.rows, clause_pool(Path("data/raw")))
+        generated = time.perf_counter() - started
+        command = [
+            sys.executable,
+            "-m",
+            "stages.prepare",
+            "--input",
+            str(raw),
+            "--output",
+            str(out),
+            "--max_length",
+            "2048",
+            "--on-error",
+            "skip",
+            "--tokenizer",
+            args.tokenizer,
+            "--num-proc",
+            str(args.num_proc),
+        ]
+        started = time.perf_counter()
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        stop, peak = threading.Event(), []
+        sampler = threading.Thread(target=peak_tree_memory, args=(process.pid, stop, peak))
+        sampler.start()
+        stdout, stderr = process.communicate()
+        elapsed = time.perf_counter() - started
+        stop.set()
+        sampler.join()
+        if process.returncode != 0:
+            sys.exit(f"prepare failed ({process.returncode}): {stderr[-2000:]}")
+        print(
+            json.dumps(
+                {
+                    "rows": args.rows,
+                    "input_mib": round(raw.stat().st_size / 2**20, 1),
+                    "generate_s": round(generated, 1),
+                    "prepare_s": round(elapsed, 1),
+                    "rows_per_s": round(args.rows / elapsed),
+                    "peak_rss_sum_mib": round(peak[0][0] / 2**20),
+                    "peak_pss_sum_mib": round(peak[0][1] / 2**20),
+                    "num_proc": args.num_proc,
+                    "summary": stdout.strip().splitlines(),
+                },
+                ensure_ascii=False,
+                indent=2,
+            )
+        )
+
+
+if __name__ == "__main__":
+    main()

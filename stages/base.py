@@ -1,0 +1,232 @@
+"""Stage `base`: resolve the base model and pin it.
+
+Reads  params `base`, data/raw/*.jsonl (tiny only: tokenizer corpus)
+Writes models/base/base.json — what later stages load, with the exact revision — and, for `tiny`,
+       the model itself: a Qwen2-architecture causal LM with a SentencePiece BPE tokenizer trained on
+       data/raw, briefly pretrained on freshly generated drill text (never on data/raw rows, so the
+       held-out split stays unseen).
+
+For a hub id the snapshot goes to the Hugging Face cache and base.json records the commit sha, so the
+lock file pins the exact weights; for a local path it records a digest of the directory's files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import logging
+import random
+import sys
+import tempfile
+from pathlib import Path
+
+from stages import chat, drill
+from stages.params import Base, ParamsError, TinyModel, load_params
+
+log = logging.getLogger("base")
+
+RAW_DIR = Path("data/raw")
+OUT_DIR = Path("models/base")
+
+
+def raw_texts(raw_dir: Path) -> list[str]:
+    """Every string field of every shipped raw row, in file order: the tokenizer's training corpus."""
+    texts = []
+    for path in sorted(raw_dir.glob("*.jsonl")):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                texts.extend(v for v in json.loads(line).values() if isinstance(v, str))
+    return texts
+
+
+def train_tokenizer(texts: list[str], out_dir: Path, vocab_size: int, seed: int) -> None:
+    """Train a SentencePiece BPE model and save it as an HF tokenizer with the ChatML special tokens.
+
+    SentencePiece, not a byte-level BPE: llama.cpp's converter identifies BPE tokenizers by hashing
+    their output and refuses unknown ones, while it reads a SentencePiece `tokenizer.model` directly.
+    llama.cpp's SPM tokenizer puts a "▁" before the text at the start and after every special token;
+    the HF tokenizer is built to do the same (Prepend per segment), so both give the same ids.
+    """
+    import sentencepiece as spm
+
+    spm.set_random_generator_seed(seed)
+    model_proto = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(texts),
+        model_writer=model_proto,
+        model_type="bpe",
+        vocab_size=vocab_size,
+        character_coverage=0.995,  # the rarest characters fall back to bytes
+        byte_fallback=True,
+        split_digits=True,
+        normalization_rule_name="identity",
+        remove_extra_whitespaces=False,
+        add_dummy_prefix=True,
+        unk_id=0,
+        bos_id=-1,
+        eos_id=-1,
+        pad_id=-1,
+        control_symbols=chat.SPECIAL_TOKENS,
+        num_threads=1,
+        minloglevel=2,
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "tokenizer.model").write_bytes(model_proto.getvalue())
+    tokenizer = hf_tokenizer(out_dir / "tokenizer.model")
+    tokenizer.save_pretrained(str(out_dir))
+    # transformers 5 no longer writes these two, but llama.cpp's converter reads them: without them the
+    # GGUF would get a BOS token added (the SPM default) and the ChatML tokens as plain text.
+    config_file = out_dir / "tokenizer_config.json"
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    config["add_bos_token"] = False
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    config["added_tokens_decoder"] = {
+        str(tokenizer.convert_tokens_to_ids(t)): {"content": t, "special": True, "normalized": False,
+                                                 "lstrip": False, "rstrip": False, "single_word": False}
+        for t in chat.SPECIAL_TOKENS
+    }
+    config_file.write_text(json.dumps(config, indent=2, ensure_ascii=False, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def hf_tokenizer(sp_model_file: Path):
+    """An HF fast tokenizer over the SentencePiece BPE vocabulary, matching llama.cpp's SPM tokenizer."""
+    import sentencepiece as spm
+    from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers
+    from transformers import PreTrainedTokenizerFast
+    from transformers.tokenization_utils_base import generate_merges
+
+    sp = spm.SentencePieceProcessor(model_file=str(sp_model_file))
+    vocab = {sp.id_to_piece(i): i for i in range(sp.get_piece_size())}
+    merges = generate_merges(vocab, skip_tokens=chat.SPECIAL_TOKENS)
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+    tokenizer.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    tokenizer.decoder = decoders.Sequence(
+        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+    )
+    tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in chat.SPECIAL_TOKENS])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        unk_token="<unk>",
+        eos_token=chat.IM_END,
+        pad_token=chat.END_OF_TEXT,
+        chat_template=chat.CHATML_TEMPLATE,
+        model_max_length=1024,
+        add_bos_token=False,
+        clean_up_tokenization_spaces=False,
+    )
+
+
+def pretrain_texts(n_rows: int, seed: int, exclude: set[str]) -> list[str]:
+    """Drill text from a different seed than data/raw, without any question that data/raw holds."""
+    rows = drill.sft_rows(n_rows + len(exclude), random.Random(seed))
+    return [f"{r['question']}\n{r['answer']}" for r in rows if r["question"] not in exclude][:n_rows]
+
+
+def build_tiny(cfg: TinyModel, seed: int, raw_dir: Path, out_dir: Path) -> None:
+    import torch
+    from transformers import (
+        DataCollatorForLanguageModeling,
+        GenerationConfig,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+        Trainer,
+        TrainingArguments,
+        set_seed,
+    )
+
+    for name in ("hidden_size", "intermediate_size"):
+        if getattr(cfg, name) % 256:
+            raise ParamsError(f"params.yaml: base.tiny.{name}: must be a multiple of 256 (llama.cpp Q4_K blocks)")
+    texts = raw_texts(raw_dir)
+    rows_needed = cfg.pretrain_steps * cfg.pretrain_batch_size * cfg.pretrain_seq_len // 60  # ~60 tokens a row
+    corpus = pretrain_texts(rows_needed, seed, exclude=set(texts))
+    train_tokenizer(texts + corpus[: len(texts)], out_dir, cfg.vocab_size, seed)
+    tokenizer = hf_tokenizer(out_dir / "tokenizer.model")
+
+    set_seed(seed)
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_hidden_layers,
+        num_attention_heads=cfg.num_attention_heads,
+        num_key_value_heads=cfg.num_key_value_heads,
+        max_position_embeddings=cfg.max_position_embeddings,
+        tie_word_embeddings=False,
+        bos_token_id=None,
+        eos_token_id=tokenizer.convert_tokens_to_ids(chat.IM_END),
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    model = Qwen2ForCausalLM(config)
+
+    # Pack the corpus into fixed blocks ending each document with <|endoftext|>, as in pretraining.
+    eot = tokenizer.convert_tokens_to_ids(chat.END_OF_TEXT)
+    ids = [i for text in corpus for i in tokenizer(text, add_special_tokens=False)["input_ids"] + [eot]]
+    block = cfg.pretrain_seq_len
+    blocks = [{"input_ids": ids[i : i + block]} for i in range(0, len(ids) - block + 1, block)]
+    log.info("pretraining on %d blocks of %d tokens for %d steps", len(blocks), block, cfg.pretrain_steps)
+    with tempfile.TemporaryDirectory() as tmp:
+        args = TrainingArguments(
+            output_dir=tmp,
+            max_steps=cfg.pretrain_steps,
+            per_device_train_batch_size=cfg.pretrain_batch_size,
+            learning_rate=cfg.pretrain_lr,
+            lr_scheduler_type="cosine",
+            warmup_steps=max(1, cfg.pretrain_steps // 20),
+            logging_steps=max(1, cfg.pretrain_steps // 10),
+            save_strategy="no",
+            report_to="none",
+            seed=seed,
+            data_seed=seed,
+            use_cpu=not torch.cuda.is_available(),
+            disable_tqdm=False,
+        )
+        collator = DataCollatorForLanguageModeling(tokenizer, mlm=False)
+        Trainer(model=model, args=args, train_dataset=blocks, data_collator=collator).train()
+    model.generation_config = GenerationConfig(
+        eos_token_id=[tokenizer.convert_tokens_to_ids(chat.IM_END), eot], pad_token_id=tokenizer.pad_token_id
+    )
+    model.save_pretrained(str(out_dir), safe_serialization=True)
+
+
+def resolve_hub(params: Base) -> dict[str, object]:
+    """Snapshot a hub model (or fingerprint a local dir) and return what base.json records."""
+    local = Path(params.model).expanduser()
+    if local.is_dir():
+        digest = hashlib.sha256()
+        for file in sorted(p for p in local.rglob("*") if p.is_file()):
+            digest.update(f"{file.relative_to(local)}:{file.stat().st_size}\n".encode())
+        return {"model": str(local.resolve()), "revision": None, "path": str(local.resolve()), "digest": digest.hexdigest()}
+    from huggingface_hub import HfApi, snapshot_download
+
+    sha = HfApi().model_info(params.model, revision=params.revision).sha
+    path = snapshot_download(params.model, revision=sha, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"])
+    return {"model": params.model, "revision": sha, "path": path}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output", type=Path, default=OUT_DIR, help="output dir (default: models/base)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        params = load_params().base
+        args.output.mkdir(parents=True, exist_ok=True)
+        if params.model == "tiny":
+            build_tiny(params.tiny, params.seed, RAW_DIR, args.output)
+            info: dict[str, object] = {"model": "tiny", "revision": None}
+        else:
+            info = resolve_hub(params)
+        info["trust_remote_code"] = params.trust_remote_code
+        (args.output / "base.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    except (ParamsError, FileNotFoundError, ValueError) as err:
+        print(f"base: error: {err}", file=sys.stderr)
+        return 2
+    log.info("base model ready in %s: %s", args.output, info)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

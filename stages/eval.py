@@ -1,0 +1,480 @@
+"""eval stage: every artifact of the chain measured on the same held-out data.
+
+Reads   models/base, models/sft, models/dpo, models/merged (transformers + PEFT),
+        models/gguf/teachingassistant-{f16,q4_k_m}.gguf (llama.cpp),
+        data/prepared/sft_eval.jsonl, data/prepared/pref_eval.jsonl;
+        params: eval.*, prepare.system_prompt (sample prompts), prepare.refusal_patterns.
+Writes  metrics/eval.json          perplexity / task / preference_accuracy / refusal_rate .<artifact>,
+                                   quantization.* (and judge.<artifact> when the judge is on)
+        metrics/samples.md, .json  greedy answers of every artifact to eval.sample_prompts
+        metrics/eval_plots/        per-artifact bars for `dvc plots`
+
+Every runtime scores the SAME token ids: the base tokenizer renders each conversation with its chat
+template and tokenizes it once; transformers and llama.cpp then both get those ids, so perplexities of
+HF and GGUF artifacts are comparable and the q4_k_m/f16 ratio measures quantization alone.
+Metric definitions are in stages/metrics.py.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from stages import judge, metrics, models
+from stages.data import DataError, read_jsonl
+from stages.params import Eval, ParamsError, load_params
+
+log = logging.getLogger("eval")
+
+ARTIFACTS = {  # name -> (how it is loaded, path); the order is the order of the report
+    "base": ("base", models.BASE_DIR),  # base.json says where the weights are (models/base for tiny)
+    "sft": ("peft", Path("models/sft")),
+    "dpo": ("peft", Path("models/dpo")),
+    "merged": ("merged", Path("models/merged")),
+    "gguf_f16": ("llama_cpp", Path("models/gguf/teachingassistant-f16.gguf")),
+    "gguf_q4_k_m": ("llama_cpp", Path("models/gguf/teachingassistant-q4_k_m.gguf")),
+}
+SFT_EVAL = Path("data/prepared/sft_eval.jsonl")
+PREF_EVAL = Path("data/prepared/pref_eval.jsonl")
+METRICS_FILE = Path("metrics/eval.json")
+SAMPLES_MD = Path("metrics/samples.md")
+SAMPLES_JSON = Path("metrics/samples.json")
+PLOTS_DIR = Path("metrics/eval_plots")
+END_TOKENS = ("<|im_end|>", "<|endoftext|>")  # ChatML turn end and document end: both stop generation
+
+
+class EvalError(RuntimeError):
+    """A problem the user can fix (missing artifact, bad template); the message names the place."""
+
+
+class GateFailed(RuntimeError):
+    """A gate in params `eval` broke and `eval.gate_action` is `fail`."""
+
+
+class Runtime(Protocol):
+    def token_logprobs(self, ids: list[int]) -> list[float]:
+        """log p(ids[i] | ids[:i]) for i = 1 .. len(ids) - 1."""
+
+    def greedy(self, prompt_ids: list[int], max_new_tokens: int, stop_ids: set[int]) -> list[int]:
+        """Greedy continuation of the prompt, without the stop token."""
+
+
+# ----------------------------------------------------------------------------------------- token ids
+
+
+@dataclass
+class Encoded:
+    ids: list[int]
+    scored: list[bool]  # True for assistant tokens (the answer text and its end-of-turn token)
+
+
+def encode_conversation(tokenizer: Any, messages: list[dict[str, str]]) -> Encoded:
+    """Render with the chat template, tokenize once, and mark the tokens inside assistant turns.
+
+    An assistant turn spans from the end of the generation prompt before it to its end-of-turn token
+    (the template's trailing newline is not scored), found by rendering the growing conversation.
+    """
+    text = tokenizer.apply_chat_template(messages, tokenize=False)
+    spans = []
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        prompt = tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
+        turn = tokenizer.apply_chat_template(messages[: i + 1], tokenize=False).rstrip("\n")
+        if not (text.startswith(prompt) and text.startswith(turn)):
+            raise EvalError(f"{models.BASE_DIR}: chat template does not render conversations prefix by prefix")
+        spans.append((len(prompt), len(turn)))
+    encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    scored = [any(start <= begin < end for start, end in spans) for begin, _ in encoding["offset_mapping"]]
+    return Encoded(list(encoding["input_ids"]), scored)
+
+
+def encode_prompt(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def scored_logprobs(runtime: Runtime, encoded: Encoded) -> list[float]:
+    logprobs = runtime.token_logprobs(encoded.ids)
+    return [logprobs[i - 1] for i in range(1, len(encoded.ids)) if encoded.scored[i]]
+
+
+# ------------------------------------------------------------------------------------------ runtimes
+
+
+class HFRuntime:
+    """A transformers (or PEFT-wrapped) causal LM on CPU/GPU."""
+
+    def __init__(self, model: Any, pad_id: int) -> None:
+        self.model, self.pad_id = model.eval(), pad_id
+
+    def token_logprobs(self, ids: list[int]) -> list[float]:
+        import torch
+
+        with torch.no_grad():
+            input_ids = torch.tensor([ids], device=self.model.device)
+            logits = self.model(input_ids=input_ids).logits[0, :-1].float()
+            logprobs = torch.log_softmax(logits, dim=-1).gather(1, input_ids[0, 1:, None])
+        return logprobs[:, 0].tolist()
+
+    def greedy(self, prompt_ids: list[int], max_new_tokens: int, stop_ids: set[int]) -> list[int]:
+        import torch
+        from transformers import GenerationConfig
+
+        config = GenerationConfig(
+            max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=sorted(stop_ids), pad_token_id=self.pad_id
+        )
+        with torch.no_grad():
+            input_ids = torch.tensor([prompt_ids], device=self.model.device)
+            output = self.model.generate(
+                input_ids=input_ids, attention_mask=torch.ones_like(input_ids), generation_config=config
+            )
+        return _until_stop(output[0, len(prompt_ids) :].tolist(), stop_ids)
+
+
+class LlamaCppRuntime:
+    """A GGUF file through llama.cpp; logits for every position, so the same ids score the same way."""
+
+    def __init__(self, path: Path, n_ctx: int, n_threads: int) -> None:
+        from llama_cpp import Llama
+
+        self.llm = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=n_threads, logits_all=True, seed=0, verbose=False)
+
+    def token_logprobs(self, ids: list[int]) -> list[float]:
+        self.llm.reset()
+        self.llm.eval(ids)
+        return metrics.next_token_logprobs(self.llm.scores[: len(ids) - 1], ids[1:])
+
+    def greedy(self, prompt_ids: list[int], max_new_tokens: int, stop_ids: set[int]) -> list[int]:
+        # llama.cpp's own greedy sampler (temp 0); we stop on the same end tokens as transformers.
+        generated: list[int] = []
+        for token in self.llm.generate(prompt_ids, temp=0.0, top_k=1, repeat_penalty=1.0, reset=True):
+            if token in stop_ids or len(generated) == max_new_tokens:
+                break
+            generated.append(token)
+        return generated
+
+
+def _until_stop(tokens: list[int], stop_ids: set[int]) -> list[int]:
+    for i, token in enumerate(tokens):
+        if token in stop_ids:
+            return tokens[:i]
+    return tokens
+
+
+def load_runtimes(names: list[str], n_ctx: int, n_threads: int, pad_id: int) -> Iterator[tuple[str, Runtime]]:
+    """Yield (artifact, runtime) one at a time, in ARTIFACTS order. The base is loaded once: scored bare
+    first, then the sft and dpo adapters are attached to it in turn (PEFT keeps both; `set_adapter`
+    switches), so a 7B base is not loaded three times."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    torch.set_num_threads(n_threads)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    base_model, peft_model = None, None
+    for name in [name for name in ARTIFACTS if name in names]:
+        kind, path = ARTIFACTS[name]
+        if kind == "llama_cpp":
+            yield name, LlamaCppRuntime(path, n_ctx, n_threads)
+            continue
+        if kind == "merged":
+            yield name, HFRuntime(AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device), pad_id)
+            continue
+        base_model = base_model or models.load_base_model(models.read_base_ref(), torch.float32).to(device)
+        if kind == "base":
+            yield name, HFRuntime(base_model, pad_id)
+            continue
+        if peft_model is None:
+            peft_model = PeftModel.from_pretrained(base_model, str(path), adapter_name=name)
+        else:
+            peft_model.load_adapter(str(path), adapter_name=name)
+        peft_model.set_adapter(name)
+        yield name, HFRuntime(peft_model, pad_id)
+
+
+# ---------------------------------------------------------------------------------------- evaluation
+
+
+@dataclass
+class TaskItem:
+    prompt: list[dict[str, str]]
+    reference: str
+
+
+@dataclass
+class PreferenceItem:
+    chosen: Encoded
+    rejected: Encoded
+
+
+@dataclass
+class HeldOut:
+    conversations: list[Encoded]
+    tasks: list[TaskItem]
+    task_prompt_ids: list[list[int]]
+    preferences: list[PreferenceItem]
+    sample_prompts: list[str]
+    sample_prompt_ids: list[list[int]]
+
+
+@dataclass
+class ArtifactResult:
+    perplexity: float
+    task: dict[str, float | None]
+    preference_sums: list[tuple[float, float]]  # summed log-probs (chosen, rejected) per pair
+    preference_accuracy: float
+    refusal_rate: float
+    task_answers: list[str] = field(default_factory=list)
+    sample_answers: list[str] = field(default_factory=list)
+
+
+def select_task_items(rows: list[dict[str, Any]], n: int) -> list[TaskItem]:
+    """Up to n held-out questions, alternating drill (final answer) and open ones so both are scored."""
+    items = [TaskItem(row["messages"][:-1], row["messages"][-1]["content"]) for row in rows]
+    drill = [item for item in items if metrics.final_answer(item.reference) is not None]
+    open_ = [item for item in items if metrics.final_answer(item.reference) is None]
+    chosen = []
+    while len(chosen) < n and (drill or open_):
+        for group in (drill, open_):
+            if group and len(chosen) < n:
+                chosen.append(group.pop(0))
+    return chosen
+
+
+def load_held_out(tokenizer: Any, params: Eval, system_prompt: str) -> HeldOut:
+    sft_rows = read_jsonl(SFT_EVAL)[: params.max_samples]
+    pref_rows = read_jsonl(PREF_EVAL)[: params.max_samples]
+    if not sft_rows or not pref_rows:
+        raise EvalError(f"{SFT_EVAL if not sft_rows else PREF_EVAL}: no held-out rows (prepare.eval_fraction?)")
+    tasks = select_task_items(read_jsonl(SFT_EVAL), params.max_generations)
+    system = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    samples = [system + [{"role": "user", "content": prompt}] for prompt in params.sample_prompts]
+    return HeldOut(
+        conversations=[encode_conversation(tokenizer, row["messages"]) for row in sft_rows],
+        tasks=tasks,
+        task_prompt_ids=[encode_prompt(tokenizer, item.prompt) for item in tasks],
+        preferences=[
+            PreferenceItem(
+                encode_conversation(tokenizer, row["prompt"] + row["chosen"]),
+                encode_conversation(tokenizer, row["prompt"] + row["rejected"]),
+            )
+            for row in pref_rows
+        ],
+        sample_prompts=list(params.sample_prompts),
+        sample_prompt_ids=[encode_prompt(tokenizer, messages) for messages in samples],
+    )
+
+
+def evaluate(
+    runtime: Runtime, held: HeldOut, tokenizer: Any, params: Eval, stop_ids: set[int], refusal_patterns: list[str]
+) -> ArtifactResult:
+    token_logprobs = [lp for encoded in held.conversations for lp in scored_logprobs(runtime, encoded)]
+    margins, sums = [], []
+    for pair in held.preferences:
+        chosen, rejected = scored_logprobs(runtime, pair.chosen), scored_logprobs(runtime, pair.rejected)
+        margins.append(metrics.length_normalized_margin(chosen, rejected))
+        sums.append((sum(chosen), sum(rejected)))
+
+    def answer(prompt_ids: list[int]) -> str:
+        ids = runtime.greedy(prompt_ids, params.max_new_tokens, stop_ids)
+        return tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+    task_answers = [answer(ids) for ids in held.task_prompt_ids]
+    scores = [metrics.task_score(a, item.reference) for a, item in zip(task_answers, held.tasks, strict=True)]
+    return ArtifactResult(
+        perplexity=metrics.perplexity(token_logprobs),
+        task=metrics.task_summary(scores),
+        preference_sums=sums,
+        preference_accuracy=metrics.preference_accuracy(margins),
+        refusal_rate=metrics.refusal_rate(task_answers, refusal_patterns) if task_answers else 0.0,
+        task_answers=task_answers,
+        sample_answers=[answer(ids) for ids in held.sample_prompt_ids],
+    )
+
+
+def implicit_reward_accuracy(policy: list[tuple[float, float]], reference: list[tuple[float, float]]) -> float:
+    """DPO's implicit reward (vs the sft model as reference) ranks chosen above rejected. beta > 0 only
+    scales the margin, so the accuracy does not depend on it."""
+    margins = [
+        metrics.implicit_reward_margin(pc, rc, pr, rr, beta=1.0)
+        for (pc, pr), (rc, rr) in zip(policy, reference, strict=True)
+    ]
+    return metrics.preference_accuracy(margins)
+
+
+def build_report(results: dict[str, ArtifactResult], sizes: dict[str, int]) -> dict[str, Any]:
+    """The nested metrics/eval.json: section -> artifact -> value, rounded so diffs stay readable."""
+    report: dict[str, Any] = {
+        "perplexity": {name: round(r.perplexity, 4) for name, r in results.items()},
+        "task": {name: _round(r.task["task"]) for name, r in results.items()},
+        "preference_accuracy": {name: round(r.preference_accuracy, 4) for name, r in results.items()},
+        "refusal_rate": {name: round(r.refusal_rate, 4) for name, r in results.items()},
+    }
+    if "dpo" in results and "sft" in results:
+        accuracy = implicit_reward_accuracy(results["dpo"].preference_sums, results["sft"].preference_sums)
+        report["preference_accuracy"]["dpo_implicit_reward"] = round(accuracy, 4)
+    quantization: dict[str, Any] = {}
+    if "gguf_f16" in results and "gguf_q4_k_m" in results:
+        ratio = results["gguf_q4_k_m"].perplexity / results["gguf_f16"].perplexity
+        quantization["q4_k_m_vs_f16_ppl_ratio"] = round(ratio, 4)
+    for name, size in sizes.items():
+        quantization[f"{name.removeprefix('gguf_')}_size_mib"] = round(size / 2**20, 3)
+    if "f16_size_mib" in quantization and "q4_k_m_size_mib" in quantization:
+        quantization["q4_k_m_vs_f16_size_ratio"] = round(sizes["gguf_q4_k_m"] / sizes["gguf_f16"], 4)
+    if quantization:
+        report["quantization"] = quantization
+    return report
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
+
+
+def plot_rows(results: dict[str, ArtifactResult]) -> dict[str, list[dict[str, Any]]]:
+    """Bar data for `dvc plots`: one row per artifact (task rows carry the two parts of the score)."""
+    return {
+        "perplexity": [{"artifact": n, "perplexity": round(r.perplexity, 4)} for n, r in results.items()],
+        "task": [
+            {
+                "artifact": n,
+                "task": _round(r.task["task"]),
+                "rouge_l": _round(r.task["rouge_l"]),
+                "exact_match": _round(r.task["exact_match"]),
+            }
+            for n, r in results.items()
+        ],
+    }
+
+
+def samples_markdown(prompts: list[str], answers: dict[str, list[str]], max_new_tokens: int) -> str:
+    lines = [
+        "# Generated samples",
+        "",
+        f"Greedy decoding, at most {max_new_tokens} new tokens, the same prompt token ids for every artifact.",
+        "Written by `python -m stages.eval`; prompts are `eval.sample_prompts` in params.yaml.",
+    ]
+    for i, prompt in enumerate(prompts):
+        lines += ["", f"## {i + 1}. {prompt}"]
+        for name, texts in answers.items():
+            quoted = [f"> {line}" if line else ">" for line in texts[i].splitlines()] or ["> *(empty answer)*"]
+            lines += ["", f"**{name}**", "", *quoted]
+    return "\n".join(lines) + "\n"
+
+
+def write_json(path: Path, value: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(value, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+
+
+def check_params(params: Eval) -> None:
+    unknown = [name for name in params.artifacts if name not in ARTIFACTS]
+    if unknown:
+        raise EvalError(f"params.yaml: eval.artifacts: unknown artifact {unknown[0]!r} (known: {', '.join(ARTIFACTS)})")
+    if params.gate_action not in ("warn", "fail"):
+        raise EvalError(f"params.yaml: eval.gate_action: expected warn or fail, got {params.gate_action!r}")
+    for name in params.artifacts:
+        path = ARTIFACTS[name][1]
+        if not path.exists():
+            raise EvalError(f"{path}: missing artifact {name!r}; run `dvc repro` or drop it from eval.artifacts")
+    for path in (SFT_EVAL, PREF_EVAL):
+        if not path.exists():
+            raise EvalError(f"{path}: missing; run `dvc repro prepare` first")
+
+
+def stop_token_ids(tokenizer: Any) -> set[int]:
+    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    vocab = tokenizer.get_vocab()
+    return ids | {vocab[token] for token in END_TOKENS if token in vocab}
+
+
+def run(params: Eval, system_prompt: str, refusal_patterns: list[str]) -> dict[str, Any]:
+    check_params(params)
+    try:
+        ref = models.read_base_ref()
+    except FileNotFoundError as err:
+        raise EvalError(str(err)) from err
+    tokenizer = models.load_tokenizer(ref.name_or_path, ref)
+    held = load_held_out(tokenizer, params, system_prompt)
+    stop_ids = stop_token_ids(tokenizer)
+    longest = max(
+        len(e.ids)
+        for e in held.conversations + [p.chosen for p in held.preferences] + [p.rejected for p in held.preferences]
+    )
+    longest_prompt = max(len(ids) for ids in held.task_prompt_ids + held.sample_prompt_ids + [[]])
+    n_ctx = max(longest, longest_prompt + params.max_new_tokens) + 8
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(stop_ids)
+
+    results: dict[str, ArtifactResult] = {}
+    for name, runtime in load_runtimes(params.artifacts, n_ctx, params.n_threads, pad_id):
+        started = time.perf_counter()
+        results[name] = evaluate(runtime, held, tokenizer, params, stop_ids, refusal_patterns)
+        log.info(
+            "%s: perplexity %.3f, task %s (%.1f s)",
+            name,
+            results[name].perplexity,
+            results[name].task["task"],
+            time.perf_counter() - started,
+        )
+
+    sizes = {name: ARTIFACTS[name][1].stat().st_size for name in params.artifacts if name.startswith("gguf_")}
+    report = build_report(results, sizes)
+    if params.judge_enabled:
+        report["judge"] = {
+            name: _round(judge.judge_score(params, held.tasks, result.task_answers)) for name, result in results.items()
+        }
+
+    write_json(METRICS_FILE, report)
+    for plot, rows in plot_rows(results).items():
+        write_json(PLOTS_DIR / f"{plot}.json", rows)
+    answers = {name: r.sample_answers for name, r in results.items()}
+    write_json(
+        SAMPLES_JSON,
+        {
+            "max_new_tokens": params.max_new_tokens,
+            "samples": [
+                {"prompt": p, "answers": {n: a[i] for n, a in answers.items()}}
+                for i, p in enumerate(held.sample_prompts)
+            ],
+        },
+    )
+    SAMPLES_MD.write_text(samples_markdown(held.sample_prompts, answers, params.max_new_tokens), encoding="utf-8")
+    return report
+
+
+def apply_gates(report: dict[str, Any], params: Eval) -> None:
+    failures = metrics.gate_failures(report, params.max_q4_k_m_vs_f16_ppl_ratio, params.max_task_drop_dpo_vs_sft)
+    for failure in failures:
+        log.warning("%s", failure)
+    if failures and params.gate_action == "fail":
+        raise GateFailed(f"{len(failures)} eval gate(s) failed (eval.gate_action: fail): " + "; ".join(failures))
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    started = time.perf_counter()
+    try:
+        params = load_params()
+        report = run(params.eval, params.prepare.system_prompt, params.prepare.refusal_patterns)
+        apply_gates(report, params.eval)
+    except (ParamsError, EvalError, DataError, judge.JudgeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except GateFailed as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    log.info("wrote %s, %s, %s in %.1f s", METRICS_FILE, SAMPLES_MD, SAMPLES_JSON, time.perf_counter() - started)
+    print(json.dumps(report, ensure_ascii=False, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    sys.exit(main())

@@ -1,0 +1,326 @@
+"""The decisions prepare makes about each row: small pure functions, each with its reject reason code.
+
+Row filters look at one normalised sample and return a detail string when the row must go (None keeps
+it). They run in the order of ROW_FILTERS; the first that fires names the reason. Duplicates need state
+(what was seen before), so they are decided afterwards from the keys computed here (`content_key`,
+`band_hashes`); the split and per-source sampling are hashes of the row id, so they are stable when rows
+are appended.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import re
+import unicodedata
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from stages.data import Message, Sample
+
+# ------------------------------------------------------------------------------------------ the rules
+
+
+class TokenCounter:
+    """How the filters count tokens: plain text (no special tokens) and a chat-templated conversation.
+
+    This base class wraps two plain functions (the tests use a hand-countable one). prepare's tokenizer
+    counter adds `prefill`, which counts a whole chunk of texts in one call into the Rust tokenizer."""
+
+    def __init__(self, count: Callable[[str], int], count_chat: Callable[[list[Message]], int]) -> None:
+        self._count = count
+        self._count_chat = count_chat
+
+    def count(self, text: str) -> int:
+        return self._count(text)
+
+    def count_chat_over(self, messages: list[Message], limit: int) -> int | None:
+        """The templated conversation's token count when it is over `limit`, else None."""
+        tokens = self._count_chat(messages)
+        return tokens if tokens > limit else None
+
+    def prefill(self, texts: list[str], conversations: list[list[Message]]) -> None:
+        """A hint: these texts and templated conversations will be counted next."""
+
+
+@dataclass(frozen=True)
+class Rules:
+    """Everything the row filters need: limits from params and the token counter."""
+
+    min_tokens: int
+    max_tokens: int
+    refusal_patterns: tuple[str, ...]
+    system_prompt: str
+    tokens: TokenCounter
+
+    @property
+    def refusal_regex(self) -> re.Pattern[str] | None:
+        return _refusal_regex(self.refusal_patterns)
+
+
+@functools.lru_cache(maxsize=8)
+def _refusal_regex(patterns: tuple[str, ...]) -> re.Pattern[str] | None:
+    if not patterns:
+        return None
+    return re.compile("|".join(re.escape(p) for p in patterns), re.IGNORECASE)
+
+
+def with_system(messages: list[Message], system_prompt: str) -> list[Message]:
+    """The conversation as the trainer sees it: the row's own system turn, else the params one."""
+    if (messages and messages[0]["role"] == "system") or not system_prompt:
+        return messages
+    return [{"role": "system", "content": system_prompt}, *messages]
+
+
+def with_system_prompt(sample: Sample, system_prompt: str) -> Sample:
+    return Sample(with_system(sample.messages, system_prompt), sample.chosen, sample.rejected)
+
+
+def own_text(sample: Sample) -> str:
+    """The sample's own words (prompt + answer, no system prompt, no template): what min_tokens counts."""
+    turns = [m["content"] for m in sample.messages if m["role"] != "system"]
+    if sample.is_preference:
+        turns.append(sample.chosen or "")
+    return "\n".join(turns)
+
+
+def templated_variants(sample: Sample, system_prompt: str) -> list[list[Message]]:
+    """The full conversations a trainer will template: one for SFT, chosen and rejected for a pair."""
+    messages = with_system(sample.messages, system_prompt)
+    if not sample.is_preference:
+        return [messages]
+    return [messages + [{"role": "assistant", "content": answer}] for answer in (sample.chosen, sample.rejected)]
+
+
+# --------------------------------------------------------------------------------------- row filters
+
+
+def empty_turn(sample: Sample, rules: Rules) -> str | None:
+    for i, message in enumerate(sample.messages):
+        if not message["content"].strip():
+            return f"turn {i + 1} ({message['role']}) is empty"
+    for name in ("chosen", "rejected"):
+        answer = getattr(sample, name)
+        if answer is not None and not answer.strip():
+            return f"{name} answer is empty"
+    return None
+
+
+def refusal(sample: Sample, rules: Rules) -> str | None:
+    """SFT answers only: in preference pairs a safe refusal is often the chosen answer (guide, 3.3)."""
+    regex = rules.refusal_regex
+    if regex is None or sample.is_preference:
+        return None
+    for message in sample.messages:
+        if message["role"] == "assistant" and (match := regex.search(message["content"])):
+            return f"assistant turn contains {match.group(0)!r}"
+    return None
+
+
+def too_short(sample: Sample, rules: Rules) -> str | None:
+    tokens = rules.tokens.count(own_text(sample))
+    return f"{tokens} tokens < min_tokens {rules.min_tokens}" if tokens < rules.min_tokens else None
+
+
+def too_long(sample: Sample, rules: Rules) -> str | None:
+    for messages in templated_variants(sample, rules.system_prompt):
+        tokens = rules.tokens.count_chat_over(messages, rules.max_tokens)
+        if tokens is not None:
+            return f"{tokens} templated tokens > max_tokens {rules.max_tokens}"
+    return None
+
+
+ROW_FILTERS: list[tuple[str, Callable[[Sample, Rules], str | None]]] = [
+    ("empty_turn", empty_turn),
+    ("refusal", refusal),
+    ("too_short", too_short),
+    ("too_long", too_long),
+]
+
+
+def first_failing(sample: Sample, rules: Rules) -> tuple[str, str] | None:
+    """(reason, detail) of the first row filter that rejects the sample, or None when all keep it."""
+    for reason, check in ROW_FILTERS:
+        detail = check(sample, rules)
+        if detail is not None:
+            return reason, detail
+    return None
+
+
+# ------------------------------------------------------------------------------------------ PII scrub
+
+PII_PATTERNS: dict[str, re.Pattern[str]] = {
+    "email": re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}"),
+    "id_card": re.compile(
+        r"(?<![0-9])[1-9]\d{5}(?:19|20)\d{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])\d{3}[0-9Xx](?![0-9])"
+    ),
+    "phone": re.compile(r"(?<![0-9])(?:\+?86[- ]?)?1[3-9]\d[- ]?\d{4}[- ]?\d{4}(?![0-9])"),
+}
+
+
+def scrub_pii(text: str, counts: dict[str, int]) -> str:
+    """Replace e-mail addresses, Chinese ID-card and mobile numbers with [EMAIL]/[ID_CARD]/[PHONE]."""
+    for kind, pattern in PII_PATTERNS.items():
+        text, found = pattern.subn(f"[{kind.upper()}]", text)
+        if found:
+            counts[kind] = counts.get(kind, 0) + found
+    return text
+
+
+def scrub_sample(sample: Sample, counts: dict[str, int]) -> Sample:
+    messages = [{"role": m["role"], "content": scrub_pii(m["content"], counts)} for m in sample.messages]
+    chosen = scrub_pii(sample.chosen, counts) if sample.chosen is not None else None
+    rejected = scrub_pii(sample.rejected, counts) if sample.rejected is not None else None
+    return Sample(messages, chosen, rejected)
+
+
+# ----------------------------------------------------------------------------------- duplicate keys
+
+_SPACE = re.compile(r"\s+")
+
+
+def normalise_text(text: str) -> str:
+    """Unicode NFKC, case-folded, whitespace collapsed: what counts as 'the same text'."""
+    return _SPACE.sub(" ", unicodedata.normalize("NFKC", text)).strip().casefold()
+
+
+def content_text(sample: Sample) -> str:
+    """Normalised content without the system prompt; its hash is the row id and the exact-dup key."""
+    parts = [f"{m['role']}:{normalise_text(m['content'])}" for m in sample.messages if m["role"] != "system"]
+    if sample.is_preference:
+        parts += [f"chosen:{normalise_text(sample.chosen or '')}", f"rejected:{normalise_text(sample.rejected or '')}"]
+    return "\n".join(parts)
+
+
+def row_id(sample: Sample) -> str:
+    return hashlib.sha1(content_text(sample).encode("utf-8")).hexdigest()[:16]
+
+
+def shingle_hashes(text: str, size: int) -> Any:
+    """32-bit hashes (numpy array) of the text's character n-grams, which work for Chinese (written
+    without spaces) as well as for English: a polynomial hash over the code points, then mixed."""
+    import numpy as np
+
+    codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
+    if len(codes) < size:
+        codes = np.pad(codes, (0, size - len(codes)))
+    count = len(codes) - size + 1
+    hashes = np.zeros(count, dtype=np.uint64)
+    for k in range(size):  # wraps modulo 2**64, on purpose
+        hashes = hashes * np.uint64(1_000_003) + codes[k : k + count]
+    hashes ^= hashes >> np.uint64(33)  # murmur3's 64-bit finaliser: every input bit reaches the top half
+    hashes *= np.uint64(0xFF51AFD7ED558CCD)
+    hashes ^= hashes >> np.uint64(33)
+    hashes *= np.uint64(0xC4CEB9FE1A85EC53)
+    hashes ^= hashes >> np.uint64(33)
+    return (hashes >> np.uint64(32)).astype(np.uint32)
+
+
+@functools.lru_cache(maxsize=4)
+def minhash_template(num_perm: int) -> Any:
+    """An empty datasketch MinHash; its random permutations are drawn once (the slow part)."""
+    from datasketch import MinHash
+
+    return MinHash(num_perm=num_perm, seed=1, hashfunc=int)
+
+
+def minhash_signature(text: str, num_perm: int, shingle_size: int = 5) -> Any:
+    """datasketch's MinHash of the text's shingles (its default affine32 scheme: murmur3 fmix32 of each
+    hash, then h * a + b modulo 2**32, minimum over the shingles), computed for all shingles and
+    permutations at once with numpy rather than one Python call per shingle."""
+    import numpy as np
+
+    a, b = minhash_template(num_perm).permutations
+    hashes = shingle_hashes(text, shingle_size)[:, None]
+    hashes ^= hashes >> np.uint32(16)
+    hashes *= np.uint32(0x85EBCA6B)
+    hashes ^= hashes >> np.uint32(13)
+    hashes *= np.uint32(0xC2B2AE35)
+    hashes ^= hashes >> np.uint32(16)
+    return (hashes * a + b).min(axis=0)
+
+
+def band_hashes(text: str, num_perm: int, bands: int, rows_per_band: int) -> list[int]:
+    """The MinHash signature cut into LSH bands; two rows sharing any band hash are near-duplicates."""
+    values = minhash_signature(text, num_perm)
+    return [
+        int.from_bytes(
+            hashlib.blake2b(
+                values[b * rows_per_band : (b + 1) * rows_per_band].tobytes(),
+                digest_size=8,
+                person=b.to_bytes(2, "little"),
+            ).digest(),
+            "little",
+        )
+        for b in range(bands)
+    ]
+
+
+def lsh_bands(threshold: float, num_perm: int) -> tuple[int, int]:
+    """(bands, rows per band) datasketch picks for this Jaccard threshold and signature length."""
+    from datasketch import MinHashLSH
+
+    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
+    return lsh.b, lsh.r
+
+
+class FirstSeen:
+    """64-bit keys -> the first row (a number) that had them, for millions of rows in little memory:
+    sorted numpy arrays (16 bytes a key) plus a dict of the keys added since the last flush().
+
+    Callers look keys up a chunk at a time: prefetch() finds the chunk's keys among the stored ones in
+    one vectorised search, get() then consults that result and the recent dict."""
+
+    def __init__(self) -> None:
+        import numpy as np
+
+        self._np = np
+        self.keys = np.empty(0, dtype=np.uint64)
+        self.rows = np.empty(0, dtype=np.int64)
+        self.recent: dict[int, int] = {}
+
+    def prefetch(self, keys: list[int]) -> dict[int, int]:
+        np = self._np
+        if not keys or not len(self.keys):
+            return {}
+        wanted = np.array(keys, dtype=np.uint64)
+        at = np.minimum(np.searchsorted(self.keys, wanted), len(self.keys) - 1)
+        found = self.keys[at] == wanted
+        return dict(zip(wanted[found].tolist(), self.rows[at[found]].tolist(), strict=True))
+
+    def get(self, key: int, prefetched: dict[int, int]) -> int | None:
+        row = prefetched.get(key)
+        return row if row is not None else self.recent.get(key)
+
+    def add(self, key: int, row: int) -> None:
+        self.recent.setdefault(key, row)
+
+    def flush(self) -> None:
+        """Merge the recent keys in, once they are many: a quarter of the stored ones, so each key is
+        copied a few times in all. The stable sort of a sorted run plus a short one is a linear merge."""
+        np = self._np
+        if len(self.recent) < max(50_000, len(self.keys) // 4):
+            return
+        keys = np.concatenate([self.keys, np.fromiter(self.recent, dtype=np.uint64, count=len(self.recent))])
+        rows = np.concatenate([self.rows, np.fromiter(self.recent.values(), dtype=np.int64, count=len(self.recent))])
+        order = np.argsort(keys, kind="stable")
+        self.keys, self.rows = keys[order], rows[order]
+        self.recent = {}
+
+
+# -------------------------------------------------------------------------------- split and sampling
+
+
+def hash_fraction(seed: int, salt: str, key: str) -> float:
+    """A number in [0, 1) fixed by (seed, salt, key): decisions that stay put when rows are appended."""
+    digest = hashlib.sha1(f"{seed}:{salt}:{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def is_eval(seed: int, row_id_: str, eval_fraction: float) -> bool:
+    return hash_fraction(seed, "split", row_id_) < eval_fraction
+
+
+def is_sampled(seed: int, row_id_: str, weight: float) -> bool:
+    return weight >= 1.0 or hash_fraction(seed, "sample", row_id_) < weight

@@ -1,0 +1,188 @@
+"""Pure metric functions used by the eval stage: no torch, no model, testable on tiny hand-made inputs.
+
+- perplexity: exp of the mean negative log-likelihood over all scored tokens (token-weighted, pooled over
+  rows, so a long answer counts for more tokens than a short one — the usual corpus perplexity);
+- ROUGE-L F1 on characters: Chinese has no spaces, so characters are the natural unit; English is scored
+  the same way so one number covers both (whitespace dropped, NFKC + lower-case first);
+- exact match of the drill set's final answers (the last line "答案：<final>");
+- task score: per held-out question, exact match when the reference has a final answer, else ROUGE-L F1;
+  `task.<artifact>` is the mean over questions;
+- preference accuracy: share of pairs whose length-normalised log-prob margin (mean log-prob per response
+  token, chosen minus rejected) is > 0; the DPO implicit-reward form compares against a reference model;
+- refusal rate: share of answers containing one of the refusal patterns (whitespace/case-insensitive);
+- gates: thresholds over those metrics, returned as messages for the stage to warn about or fail on.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import unicodedata
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+FINAL_ANSWER_MARK = "答案:"  # NFKC turns the full-width "答案：" of the drill data into this form
+_TRAILING_PUNCTUATION = "。.!！;；,，"
+
+
+def normalize_text(text: str) -> str:
+    """NFKC, lower-case, and no whitespace at all: the unit both ROUGE-L and exact match compare."""
+    return re.sub(r"\s+", "", unicodedata.normalize("NFKC", text)).lower()
+
+
+def perplexity(token_logprobs: Sequence[float]) -> float:
+    """exp(-mean log p) over the scored tokens; natural-log probabilities in, perplexity out."""
+    if not token_logprobs:
+        raise ValueError("perplexity of zero tokens is undefined")
+    return math.exp(-sum(token_logprobs) / len(token_logprobs))
+
+
+def next_token_logprobs(logits: Any, targets: Sequence[int]) -> list[float]:
+    """log softmax(logits[i])[targets[i]] for each row: the log-prob a runtime gave each next token.
+
+    `logits` is a (len(targets), vocab) array-like of raw scores (e.g. llama.cpp's `scores`).
+    """
+    import numpy as np
+
+    rows = np.asarray(logits, dtype=np.float64)
+    if rows.shape[0] != len(targets):
+        raise ValueError(f"{rows.shape[0]} logit rows for {len(targets)} target tokens")
+    peak = rows.max(axis=1, keepdims=True)
+    log_norm = peak[:, 0] + np.log(np.exp(rows - peak).sum(axis=1))
+    return (rows[np.arange(len(targets)), list(targets)] - log_norm).tolist()
+
+
+def lcs_length(a: Sequence[str], b: Sequence[str]) -> int:
+    """Length of the longest common subsequence (dynamic programming, one row of memory)."""
+    if len(a) < len(b):
+        a, b = b, a
+    previous = [0] * (len(b) + 1)
+    for item in a:
+        current = [0]
+        for j, other in enumerate(b, start=1):
+            current.append(previous[j - 1] + 1 if item == other else max(previous[j], current[j - 1]))
+        previous = current
+    return previous[-1]
+
+
+def rouge_l_f1(prediction: str, reference: str) -> float:
+    """Character-level ROUGE-L F1 (beta = 1) of two texts after `normalize_text`."""
+    pred, ref = normalize_text(prediction), normalize_text(reference)
+    if not pred or not ref:
+        return float(pred == ref)
+    lcs = lcs_length(pred, ref)
+    if lcs == 0:
+        return 0.0
+    precision, recall = lcs / len(pred), lcs / len(ref)
+    return 2 * precision * recall / (precision + recall)
+
+
+def final_answer(text: str) -> str | None:
+    """The text after the last "答案：" (rest of that line), normalised; None when there is none."""
+    normalized = unicodedata.normalize("NFKC", text)
+    at = normalized.rfind(FINAL_ANSWER_MARK)
+    if at < 0:
+        return None
+    answer = normalize_text(normalized[at + len(FINAL_ANSWER_MARK) :].split("\n", 1)[0])
+    return answer.rstrip(_TRAILING_PUNCTUATION) or None
+
+
+def exact_match(prediction: str, reference: str) -> float:
+    """1.0 when the prediction's final answer equals the reference's, else 0.0."""
+    expected = final_answer(reference)
+    if expected is None:
+        raise ValueError("reference has no final answer line '答案：…'")
+    return float(final_answer(prediction) == expected)
+
+
+@dataclass(frozen=True)
+class TaskScore:
+    kind: str  # "exact_match" (drill: reference has a final answer) or "rouge_l"
+    value: float
+
+
+def task_score(prediction: str, reference: str) -> TaskScore:
+    """Exact match where the reference states a final answer, character ROUGE-L F1 otherwise."""
+    if final_answer(reference) is not None:
+        return TaskScore("exact_match", exact_match(prediction, reference))
+    return TaskScore("rouge_l", rouge_l_f1(prediction, reference))
+
+
+def mean(values: Iterable[float]) -> float | None:
+    values = list(values)
+    return sum(values) / len(values) if values else None
+
+
+def task_summary(scores: Sequence[TaskScore]) -> dict[str, float | None]:
+    """{"task": mean of all question scores, "rouge_l": mean over open questions, "exact_match": drill}."""
+    return {
+        "task": mean(s.value for s in scores),
+        "rouge_l": mean(s.value for s in scores if s.kind == "rouge_l"),
+        "exact_match": mean(s.value for s in scores if s.kind == "exact_match"),
+    }
+
+
+def length_normalized_margin(chosen_logprobs: Sequence[float], rejected_logprobs: Sequence[float]) -> float:
+    """Mean log-prob per chosen-response token minus the same for the rejected response."""
+    if not chosen_logprobs or not rejected_logprobs:
+        raise ValueError("a preference response has no scored tokens")
+    return sum(chosen_logprobs) / len(chosen_logprobs) - sum(rejected_logprobs) / len(rejected_logprobs)
+
+
+def implicit_reward_margin(
+    policy_chosen: float, reference_chosen: float, policy_rejected: float, reference_rejected: float, beta: float
+) -> float:
+    """DPO's implicit reward margin: beta * ((log π(c) - log π_ref(c)) - (log π(r) - log π_ref(r))).
+
+    Arguments are summed log-probs of the whole response (DPO's own form, not length-normalised).
+    """
+    return beta * ((policy_chosen - reference_chosen) - (policy_rejected - reference_rejected))
+
+
+def preference_accuracy(margins: Sequence[float]) -> float:
+    """Share of pairs where chosen beats rejected (margin strictly > 0; a tie is not a preference)."""
+    if not margins:
+        raise ValueError("preference accuracy of zero pairs is undefined")
+    return sum(margin > 0 for margin in margins) / len(margins)
+
+
+def is_refusal(text: str, patterns: Sequence[str]) -> bool:
+    """True when the answer contains a pattern; whitespace and case are ignored on both sides."""
+    normalized = normalize_text(text)
+    return any(normalize_text(p) and normalize_text(p) in normalized for p in patterns)
+
+
+def refusal_rate(texts: Sequence[str], patterns: Sequence[str]) -> float:
+    if not texts:
+        raise ValueError("refusal rate of zero answers is undefined")
+    return sum(is_refusal(t, patterns) for t in texts) / len(texts)
+
+
+def lookup(metrics: Mapping, key_path: str) -> float | None:
+    """`lookup(m, "task.dpo")` -> m["task"]["dpo"], or None where the path is absent."""
+    node: object = metrics
+    for part in key_path.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return None
+        node = node[part]
+    return node if isinstance(node, (int, float)) else None
+
+
+def gate_failures(metrics: Mapping, max_q4_k_m_vs_f16_ppl_ratio: float, max_task_drop_dpo_vs_sft: float) -> list[str]:
+    """One message per gate the metrics break. A gate whose metrics were not measured (an artifact left
+    out of `eval.artifacts`) is skipped, not failed: it says nothing about the models."""
+    failures = []
+    ratio = lookup(metrics, "quantization.q4_k_m_vs_f16_ppl_ratio")
+    if ratio is not None and ratio > max_q4_k_m_vs_f16_ppl_ratio:
+        failures.append(
+            f"gate eval.max_q4_k_m_vs_f16_ppl_ratio: q4_k_m perplexity is {ratio:.3f}x the f16 one "
+            f"(allowed {max_q4_k_m_vs_f16_ppl_ratio:.3f}x)"
+        )
+    task_sft, task_dpo = lookup(metrics, "task.sft"), lookup(metrics, "task.dpo")
+    if task_sft is not None and task_dpo is not None and task_sft - task_dpo > max_task_drop_dpo_vs_sft:
+        failures.append(
+            f"gate eval.max_task_drop_dpo_vs_sft: task.dpo = {task_dpo:.4f} is {task_sft - task_dpo:.4f} "
+            f"below task.sft = {task_sft:.4f} (allowed drop {max_task_drop_dpo_vs_sft:.4f})"
+        )
+    return failures

@@ -1,0 +1,101 @@
+"""Loading the models the stages pass along: the pinned base, an adapter over it, the merged model.
+
+`models/base/base.json` is written by the base stage and is the single place a later stage learns where
+the base model lives: for `tiny` the weights are in models/base itself; for a hub model it names the
+repo id and the exact commit sha, so every stage loads the same revision that dvc.lock pins.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+BASE_DIR = Path("models/base")
+
+
+@dataclass(frozen=True)
+class BaseModelRef:
+    """Where the base model's weights and tokenizer are: a local dir, or a hub id at a pinned revision."""
+
+    name_or_path: str
+    revision: str | None
+    trust_remote_code: bool
+
+    def from_pretrained_kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"trust_remote_code": self.trust_remote_code, "use_safetensors": True}
+        if self.revision:
+            kwargs["revision"] = self.revision
+        return kwargs
+
+
+def read_base_ref(base_dir: Path = BASE_DIR) -> BaseModelRef:
+    info_file = base_dir / "base.json"
+    try:
+        info = json.loads(info_file.read_text(encoding="utf-8"))
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"{info_file}: missing; run `dvc repro base` first") from err
+    location = str(base_dir) if info["model"] == "tiny" else info.get("path") or info["model"]
+    return BaseModelRef(location, info.get("revision"), bool(info.get("trust_remote_code", False)))
+
+
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "chat_template.jinja",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+)
+
+
+def copy_tokenizer_files(src: str | Path, dst: Path) -> None:
+    """Copy the tokenizer files as they are, rather than re-saving them through transformers, which
+    drops keys llama.cpp's converter reads (add_bos_token, added_tokens_decoder)."""
+    import shutil
+
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in TOKENIZER_FILES:
+        if (Path(src) / name).is_file():
+            shutil.copyfile(Path(src) / name, dst / name)
+
+
+def torch_dtype(precision: str) -> Any:
+    import torch
+
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def load_tokenizer(path: str | Path, ref: BaseModelRef | None = None) -> Any:
+    """The tokenizer as its tokenizer.json defines it.
+
+    transformers 5's AutoTokenizer ignores tokenizer.json for model_type qwen2 and rebuilds a byte-level
+    Qwen2Tokenizer, which is wrong for the tiny model's SentencePiece vocabulary (and would break
+    HF/llama.cpp token parity). tokenizer.json is the complete definition for real Qwen models too.
+    """
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    kwargs = ref.from_pretrained_kwargs() if ref else {}
+    kwargs.pop("use_safetensors", None)
+    if ref is None and (Path(path) / "tokenizer.json").is_file():
+        return PreTrainedTokenizerFast.from_pretrained(str(path))
+    if ref is not None and Path(ref.name_or_path, "tokenizer.json").is_file():
+        return PreTrainedTokenizerFast.from_pretrained(ref.name_or_path)
+    return AutoTokenizer.from_pretrained(str(path), **kwargs)
+
+
+def load_base_model(ref: BaseModelRef, dtype: Any = None, **extra: Any) -> Any:
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(ref.name_or_path, dtype=dtype, **ref.from_pretrained_kwargs(), **extra)
+
+
+def load_adapter_model(ref: BaseModelRef, adapter_dir: Path, dtype: Any = None) -> Any:
+    """The base with a PEFT adapter on top (not merged), in eval mode."""
+    from peft import PeftModel
+
+    model = PeftModel.from_pretrained(load_base_model(ref, dtype), str(adapter_dir))
+    return model.eval()
