@@ -6,7 +6,7 @@ Writes a JSONL file in Firefly's layout ({"kind", "input", "target"}): Chinese r
 clauses of the shipped data/raw text (so the tokenizer sees real words), with a sprinkling of damage
 (exact duplicates, empty answers, refusals, bad JSON); runs the guide's command on it,
 `python -m stages.prepare --input F --output OUT --max_length 2048 --on-error skip`, and reports rows/s
-end to end and the peak memory of the whole process tree (the main process
+end to end, the CPU time it used, and the peak memory of the whole process tree (the main process
 plus its workers, sampled from /proc). Prints one JSON object; timings never go into tracked files.
 """
 
@@ -16,6 +16,7 @@ import argparse
 import json
 import random
 import re
+import resource
 import subprocess
 import sys
 import tempfile
@@ -65,7 +66,7 @@ def generate(path: Path, rows: int, clauses: list[str], seed: int = 0) -> None:
 
 def peak_tree_memory(pid: int, stop: threading.Event, result: list[tuple[int, int]]) -> None:
     """Largest sums of RSS and of PSS (shared pages divided among the processes sharing them: forked
-    workers share most of the parent's memory) over the process and its descendants, every 0.1 s."""
+    workers share most of the parent's memory) over the process and its descendants, every 0.5 s."""
     peak_rss = peak_pss = 0
     while not stop.is_set():
         rss = pss = 0
@@ -79,8 +80,13 @@ def peak_tree_memory(pid: int, stop: threading.Event, result: list[tuple[int, in
             except OSError:
                 continue
         peak_rss, peak_pss = max(peak_rss, rss), max(peak_pss, pss)
-        time.sleep(0.1)
+        time.sleep(0.5)
     result.append((peak_rss, peak_pss))
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _descendants(pid: int) -> list[int]:
@@ -125,13 +131,14 @@ def main() -> None:
             "--num-proc",
             str(args.num_proc),
         ]
-        started = time.perf_counter()
+        started, cpu_before = time.perf_counter(), _children_cpu()
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         stop, peak = threading.Event(), []
         sampler = threading.Thread(target=peak_tree_memory, args=(process.pid, stop, peak))
         sampler.start()
         stdout, stderr = process.communicate()
         elapsed = time.perf_counter() - started
+        cpu = _children_cpu() - cpu_before  # the prepare process and its workers, user + system
         stop.set()
         sampler.join()
         if process.returncode != 0:
@@ -144,6 +151,8 @@ def main() -> None:
                     "generate_s": round(generated, 1),
                     "prepare_s": round(elapsed, 1),
                     "rows_per_s": round(args.rows / elapsed),
+                    "cpu_s": round(cpu, 1),
+                    "cpu_us_per_row": round(cpu / args.rows * 1e6),
                     "peak_rss_sum_mib": round(peak[0][0] / 2**20),
                     "peak_pss_sum_mib": round(peak[0][1] / 2**20),
                     "num_proc": args.num_proc,

@@ -165,6 +165,9 @@ def iter_lines(path: str | Path) -> Iterator[tuple[int, bytes]]:
 
 
 def _is_one_object(path: Path) -> bool:
+    """Whether a file whose first line is not JSON is one pretty-printed object (a common mistake)."""
+    if path.stat().st_size > 256 * 2**20:  # a big file is data, not one object: do not read it whole
+        return False
     try:
         return isinstance(json.loads(path.read_bytes()), dict)
     except (ValueError, UnicodeDecodeError):

@@ -28,6 +28,7 @@ TRAIN_FILE = Path("data/prepared/pref_train.jsonl")
 EVAL_FILE = Path("data/prepared/pref_eval.jsonl")
 OUT_DIR = Path("models/dpo")
 LIVE_DIR = Path("dvclive/dpo")
+CHECKPOINT_DIR = Path("checkpoints/dpo")  # trainer scratch space, outside the DVC output
 
 
 def read_pairs(path: Path) -> list[dict[str, list[dict[str, str]]]]:
@@ -54,7 +55,7 @@ def train(params: Dpo, out_dir: Path = OUT_DIR, live_dir: Path = LIVE_DIR) -> di
     model = PeftModel.from_pretrained(base, str(SFT_DIR), is_trainable=True)
 
     config = DPOConfig(
-        output_dir=str(out_dir / "checkpoints"),
+        output_dir=str(CHECKPOINT_DIR),
         beta=params.beta,
         loss_type=params.loss_type,
         learning_rate=params.learning_rate,

@@ -59,11 +59,11 @@ class GateFailed(RuntimeError):
 
 
 class Runtime(Protocol):
-    def token_logprobs(self, ids: list[int]) -> list[float]:
-        """log p(ids[i] | ids[:i]) for i = 1 .. len(ids) - 1."""
+    def token_logprobs(self, sequences: list[list[int]]) -> list[list[float]]:
+        """Per sequence: log p(ids[i] | ids[:i]) for i = 1 .. len(ids) - 1."""
 
-    def greedy(self, prompt_ids: list[int], max_new_tokens: int, stop_ids: set[int]) -> list[int]:
-        """Greedy continuation of the prompt, without the stop token."""
+    def greedy(self, prompts: list[list[int]], max_new_tokens: int, stop_ids: set[int]) -> list[list[int]]:
+        """Per prompt: its greedy continuation, cut before the first stop token."""
 
 
 # ----------------------------------------------------------------------------------------- token ids
@@ -101,61 +101,89 @@ def encode_prompt(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def scored_logprobs(runtime: Runtime, encoded: Encoded) -> list[float]:
-    logprobs = runtime.token_logprobs(encoded.ids)
-    return [logprobs[i - 1] for i in range(1, len(encoded.ids)) if encoded.scored[i]]
+def scored_logprobs(runtime: Runtime, conversations: list[Encoded]) -> list[list[float]]:
+    """Per conversation, the log-probs of its scored (assistant) tokens."""
+    all_logprobs = runtime.token_logprobs([encoded.ids for encoded in conversations])
+    return [
+        [logprobs[i - 1] for i in range(1, len(encoded.ids)) if encoded.scored[i]]
+        for encoded, logprobs in zip(conversations, all_logprobs, strict=True)
+    ]
 
 
 # ------------------------------------------------------------------------------------------ runtimes
 
 
 class HFRuntime:
-    """A transformers (or PEFT-wrapped) causal LM on CPU/GPU."""
+    """A transformers (or PEFT-wrapped) causal LM; sequences go through in padded batches."""
 
-    def __init__(self, model: Any, pad_id: int) -> None:
-        self.model, self.pad_id = model.eval(), pad_id
+    def __init__(self, model: Any, pad_id: int, batch_size: int) -> None:
+        self.model, self.pad_id, self.batch_size = model.eval(), pad_id, batch_size
 
-    def token_logprobs(self, ids: list[int]) -> list[float]:
+    def _padded(self, batch: list[list[int]], left: bool) -> tuple[Any, Any]:
         import torch
 
-        with torch.no_grad():
-            input_ids = torch.tensor([ids], device=self.model.device)
-            logits = self.model(input_ids=input_ids).logits[0, :-1].float()
-            logprobs = torch.log_softmax(logits, dim=-1).gather(1, input_ids[0, 1:, None])
-        return logprobs[:, 0].tolist()
+        width = max(len(ids) for ids in batch)
+        input_ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, ids in enumerate(batch):
+            span = slice(width - len(ids), width) if left else slice(0, len(ids))
+            input_ids[row, span], attention_mask[row, span] = torch.tensor(ids), 1
+        return input_ids.to(self.model.device), attention_mask.to(self.model.device)
 
-    def greedy(self, prompt_ids: list[int], max_new_tokens: int, stop_ids: set[int]) -> list[int]:
+    def token_logprobs(self, sequences: list[list[int]]) -> list[list[float]]:
+        import torch
+
+        result = []
+        for start in range(0, len(sequences), self.batch_size):
+            batch = sequences[start : start + self.batch_size]
+            input_ids, attention_mask = self._padded(batch, left=False)  # right padding: causal, no effect
+            with torch.no_grad():
+                logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1].float()
+                logprobs = torch.log_softmax(logits, dim=-1).gather(2, input_ids[:, 1:, None])[..., 0]
+            result += [logprobs[row, : len(ids) - 1].tolist() for row, ids in enumerate(batch)]
+        return result
+
+    def greedy(self, prompts: list[list[int]], max_new_tokens: int, stop_ids: set[int]) -> list[list[int]]:
         import torch
         from transformers import GenerationConfig
 
         config = GenerationConfig(
             max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=sorted(stop_ids), pad_token_id=self.pad_id
         )
-        with torch.no_grad():
-            input_ids = torch.tensor([prompt_ids], device=self.model.device)
-            output = self.model.generate(
-                input_ids=input_ids, attention_mask=torch.ones_like(input_ids), generation_config=config
-            )
-        return _until_stop(output[0, len(prompt_ids) :].tolist(), stop_ids)
+        result = []
+        for start in range(0, len(prompts), self.batch_size):
+            input_ids, attention_mask = self._padded(prompts[start : start + self.batch_size], left=True)
+            with torch.no_grad():
+                output = self.model.generate(
+                    input_ids=input_ids, attention_mask=attention_mask, generation_config=config
+                )
+            result += [_until_stop(row[input_ids.shape[1] :].tolist(), stop_ids) for row in output]
+        return result
 
 
 class LlamaCppRuntime:
-    """A GGUF file through llama.cpp; logits for every position, so the same ids score the same way."""
+    """A GGUF file through llama.cpp, one sequence at a time, logits for every position."""
 
     def __init__(self, path: Path, n_ctx: int, n_threads: int) -> None:
         from llama_cpp import Llama
 
         self.llm = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=n_threads, logits_all=True, seed=0, verbose=False)
 
-    def token_logprobs(self, ids: list[int]) -> list[float]:
-        self.llm.reset()
-        self.llm.eval(ids)
-        return metrics.next_token_logprobs(self.llm.scores[: len(ids) - 1], ids[1:])
+    def token_logprobs(self, sequences: list[list[int]]) -> list[list[float]]:
+        result = []
+        for ids in sequences:
+            self.llm.reset()
+            self.llm.eval(ids)
+            result.append(metrics.next_token_logprobs(self.llm.scores[: len(ids) - 1], ids[1:]))
+        return result
 
-    def greedy(self, prompt_ids: list[int], max_new_tokens: int, stop_ids: set[int]) -> list[int]:
+    def greedy(self, prompts: list[list[int]], max_new_tokens: int, stop_ids: set[int]) -> list[list[int]]:
+        return [self._greedy_one(prompt, max_new_tokens, stop_ids) for prompt in prompts]
+
+    def _greedy_one(self, prompt: list[int], max_new_tokens: int, stop_ids: set[int]) -> list[int]:
         # llama.cpp's own greedy sampler (temp 0); we stop on the same end tokens as transformers.
         generated: list[int] = []
-        for token in self.llm.generate(prompt_ids, temp=0.0, top_k=1, repeat_penalty=1.0, reset=True):
+        for token in self.llm.generate(prompt, temp=0.0, top_k=1, repeat_penalty=1.0, reset=True):
             if token in stop_ids or len(generated) == max_new_tokens:
                 break
             generated.append(token)
@@ -169,7 +197,7 @@ def _until_stop(tokens: list[int], stop_ids: set[int]) -> list[int]:
     return tokens
 
 
-def load_runtimes(names: list[str], n_ctx: int, n_threads: int, pad_id: int) -> Iterator[tuple[str, Runtime]]:
+def load_runtimes(params: Eval, n_ctx: int, pad_id: int) -> Iterator[tuple[str, Runtime]]:
     """Yield (artifact, runtime) one at a time, in ARTIFACTS order. The base is loaded once: scored bare
     first, then the sft and dpo adapters are attached to it in turn (PEFT keeps both; `set_adapter`
     switches), so a 7B base is not loaded three times."""
@@ -177,27 +205,31 @@ def load_runtimes(names: list[str], n_ctx: int, n_threads: int, pad_id: int) -> 
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    torch.set_num_threads(n_threads)
+    torch.set_num_threads(params.n_threads)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     base_model, peft_model = None, None
-    for name in [name for name in ARTIFACTS if name in names]:
+    for name in [name for name in ARTIFACTS if name in params.artifacts]:
         kind, path = ARTIFACTS[name]
         if kind == "llama_cpp":
-            yield name, LlamaCppRuntime(path, n_ctx, n_threads)
+            runtime = LlamaCppRuntime(path, n_ctx, params.n_threads)
+            yield name, runtime
+            runtime.llm.close()  # now, not in __del__ at interpreter exit (which logs a TypeError)
             continue
         if kind == "merged":
-            yield name, HFRuntime(AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device), pad_id)
+            merged_model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device)
+            yield name, HFRuntime(merged_model, pad_id, params.batch_size)
+            del merged_model
             continue
         base_model = base_model or models.load_base_model(models.read_base_ref(), torch.float32).to(device)
         if kind == "base":
-            yield name, HFRuntime(base_model, pad_id)
+            yield name, HFRuntime(base_model, pad_id, params.batch_size)
             continue
         if peft_model is None:
             peft_model = PeftModel.from_pretrained(base_model, str(path), adapter_name=name)
         else:
             peft_model.load_adapter(str(path), adapter_name=name)
         peft_model.set_adapter(name)
-        yield name, HFRuntime(peft_model, pad_id)
+        yield name, HFRuntime(peft_model, pad_id, params.batch_size)
 
 
 # ---------------------------------------------------------------------------------------- evaluation
@@ -239,8 +271,8 @@ class ArtifactResult:
 def select_task_items(rows: list[dict[str, Any]], n: int) -> list[TaskItem]:
     """Up to n held-out questions, alternating drill (final answer) and open ones so both are scored."""
     items = [TaskItem(row["messages"][:-1], row["messages"][-1]["content"]) for row in rows]
-    drill = [item for item in items if metrics.final_answer(item.reference) is not None]
-    open_ = [item for item in items if metrics.final_answer(item.reference) is None]
+    drill = [item for item in items if metrics.is_drill_reference(item.reference)]
+    open_ = [item for item in items if not metrics.is_drill_reference(item.reference)]
     chosen = []
     while len(chosen) < n and (drill or open_):
         for group in (drill, open_):
@@ -276,18 +308,16 @@ def load_held_out(tokenizer: Any, params: Eval, system_prompt: str) -> HeldOut:
 def evaluate(
     runtime: Runtime, held: HeldOut, tokenizer: Any, params: Eval, stop_ids: set[int], refusal_patterns: list[str]
 ) -> ArtifactResult:
-    token_logprobs = [lp for encoded in held.conversations for lp in scored_logprobs(runtime, encoded)]
-    margins, sums = [], []
-    for pair in held.preferences:
-        chosen, rejected = scored_logprobs(runtime, pair.chosen), scored_logprobs(runtime, pair.rejected)
-        margins.append(metrics.length_normalized_margin(chosen, rejected))
-        sums.append((sum(chosen), sum(rejected)))
+    token_logprobs = [lp for logprobs in scored_logprobs(runtime, held.conversations) for lp in logprobs]
+    chosen = scored_logprobs(runtime, [pair.chosen for pair in held.preferences])
+    rejected = scored_logprobs(runtime, [pair.rejected for pair in held.preferences])
+    margins = [metrics.length_normalized_margin(c, r) for c, r in zip(chosen, rejected, strict=True)]
+    sums = [(sum(c), sum(r)) for c, r in zip(chosen, rejected, strict=True)]
 
-    def answer(prompt_ids: list[int]) -> str:
-        ids = runtime.greedy(prompt_ids, params.max_new_tokens, stop_ids)
-        return tokenizer.decode(ids, skip_special_tokens=True).strip()
-
-    task_answers = [answer(ids) for ids in held.task_prompt_ids]
+    prompts = held.task_prompt_ids + held.sample_prompt_ids  # one generation pass (one batch for HF)
+    generated = runtime.greedy(prompts, params.max_new_tokens, stop_ids) if prompts else []
+    decoded = [tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in generated]
+    task_answers, sample_answers = decoded[: len(held.task_prompt_ids)], decoded[len(held.task_prompt_ids) :]
     scores = [metrics.task_score(a, item.reference) for a, item in zip(task_answers, held.tasks, strict=True)]
     return ArtifactResult(
         perplexity=metrics.perplexity(token_logprobs),
@@ -296,7 +326,7 @@ def evaluate(
         preference_accuracy=metrics.preference_accuracy(margins),
         refusal_rate=metrics.refusal_rate(task_answers, refusal_patterns) if task_answers else 0.0,
         task_answers=task_answers,
-        sample_answers=[answer(ids) for ids in held.sample_prompt_ids],
+        sample_answers=sample_answers,
     )
 
 
@@ -395,6 +425,35 @@ def stop_token_ids(tokenizer: Any) -> set[int]:
     return ids | {vocab[token] for token in END_TOKENS if token in vocab}
 
 
+def measure(params: Eval, held: HeldOut, tokenizer: Any, refusal_patterns: list[str]) -> dict[str, ArtifactResult]:
+    """Every artifact in `eval.artifacts` on the same held-out ids, one model in memory at a time."""
+    stop_ids = stop_token_ids(tokenizer)
+    scored = held.conversations + [p.chosen for p in held.preferences] + [p.rejected for p in held.preferences]
+    longest_prompt = max(len(ids) for ids in held.task_prompt_ids + held.sample_prompt_ids + [[]])
+    n_ctx = max(max(len(e.ids) for e in scored), longest_prompt + params.max_new_tokens) + 8
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(stop_ids)
+    results: dict[str, ArtifactResult] = {}
+    for name, runtime in load_runtimes(params, n_ctx, pad_id):
+        started = time.perf_counter()
+        results[name] = result = evaluate(runtime, held, tokenizer, params, stop_ids, refusal_patterns)
+        elapsed = time.perf_counter() - started
+        log.info("%s: perplexity %.3f, task %s (%.1f s)", name, result.perplexity, result.task["task"], elapsed)
+    return results
+
+
+def write_outputs(report: dict[str, Any], results: dict[str, ArtifactResult], held: HeldOut, params: Eval) -> None:
+    write_json(METRICS_FILE, report)
+    for plot, rows in plot_rows(results).items():
+        write_json(PLOTS_DIR / f"{plot}.json", rows)
+    answers = {name: result.sample_answers for name, result in results.items()}
+    samples = [
+        {"prompt": prompt, "answers": {name: texts[i] for name, texts in answers.items()}}
+        for i, prompt in enumerate(held.sample_prompts)
+    ]
+    write_json(SAMPLES_JSON, {"max_new_tokens": params.max_new_tokens, "samples": samples})
+    SAMPLES_MD.write_text(samples_markdown(held.sample_prompts, answers, params.max_new_tokens), encoding="utf-8")
+
+
 def run(params: Eval, system_prompt: str, refusal_patterns: list[str]) -> dict[str, Any]:
     check_params(params)
     try:
@@ -403,49 +462,14 @@ def run(params: Eval, system_prompt: str, refusal_patterns: list[str]) -> dict[s
         raise EvalError(str(err)) from err
     tokenizer = models.load_tokenizer(ref.name_or_path, ref)
     held = load_held_out(tokenizer, params, system_prompt)
-    stop_ids = stop_token_ids(tokenizer)
-    longest = max(
-        len(e.ids)
-        for e in held.conversations + [p.chosen for p in held.preferences] + [p.rejected for p in held.preferences]
-    )
-    longest_prompt = max(len(ids) for ids in held.task_prompt_ids + held.sample_prompt_ids + [[]])
-    n_ctx = max(longest, longest_prompt + params.max_new_tokens) + 8
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(stop_ids)
-
-    results: dict[str, ArtifactResult] = {}
-    for name, runtime in load_runtimes(params.artifacts, n_ctx, params.n_threads, pad_id):
-        started = time.perf_counter()
-        results[name] = evaluate(runtime, held, tokenizer, params, stop_ids, refusal_patterns)
-        log.info(
-            "%s: perplexity %.3f, task %s (%.1f s)",
-            name,
-            results[name].perplexity,
-            results[name].task["task"],
-            time.perf_counter() - started,
-        )
-
-    sizes = {name: ARTIFACTS[name][1].stat().st_size for name in params.artifacts if name.startswith("gguf_")}
+    results = measure(params, held, tokenizer, refusal_patterns)
+    sizes = {name: ARTIFACTS[name][1].stat().st_size for name in results if name.startswith("gguf_")}
     report = build_report(results, sizes)
     if params.judge_enabled:
         report["judge"] = {
             name: _round(judge.judge_score(params, held.tasks, result.task_answers)) for name, result in results.items()
         }
-
-    write_json(METRICS_FILE, report)
-    for plot, rows in plot_rows(results).items():
-        write_json(PLOTS_DIR / f"{plot}.json", rows)
-    answers = {name: r.sample_answers for name, r in results.items()}
-    write_json(
-        SAMPLES_JSON,
-        {
-            "max_new_tokens": params.max_new_tokens,
-            "samples": [
-                {"prompt": p, "answers": {n: a[i] for n, a in answers.items()}}
-                for i, p in enumerate(held.sample_prompts)
-            ],
-        },
-    )
-    SAMPLES_MD.write_text(samples_markdown(held.sample_prompts, answers, params.max_new_tokens), encoding="utf-8")
+    write_outputs(report, results, held, params)
     return report
 
 

@@ -193,8 +193,9 @@ def content_text(sample: Sample) -> str:
     return "\n".join(parts)
 
 
-def row_id(sample: Sample) -> str:
-    return hashlib.sha1(content_text(sample).encode("utf-8")).hexdigest()[:16]
+def row_id(content: str) -> str:
+    """16 hex digits of the SHA-1 of content_text(): the same for rows that differ only in spacing."""
+    return hashlib.sha1(content.encode("utf-8")).hexdigest()[:16]
 
 
 def shingle_hashes(text: str, size: int) -> Any:

@@ -103,7 +103,7 @@ def check_parity(model_dir: Path, gguf_file: Path, probe_file: Path, params: Ggu
 
     tokenizer = load_tokenizer(model_dir)
     texts = probe_texts(tokenizer, probe_file, params.parity_samples)
-    llm = Llama(str(gguf_file), n_ctx=2048, logits_all=True, verbose=False, seed=0, n_threads=2)
+    llm = Llama(str(gguf_file), n_ctx=0, logits_all=True, verbose=False, seed=0, n_threads=2)
     tokens = token_parity(tokenizer, llm, texts)
     if tokens["mismatches"]:
         first = tokens["first_mismatch"]

@@ -88,6 +88,12 @@ def final_answer(text: str) -> str | None:
     return answer.rstrip(_TRAILING_PUNCTUATION) or None
 
 
+def is_drill_reference(reference: str) -> bool:
+    """A drill reference ends with its own line "答案：<final>" (a "答案：" inside prose does not count)."""
+    lines = [line.strip() for line in unicodedata.normalize("NFKC", reference).splitlines() if line.strip()]
+    return bool(lines) and lines[-1].startswith(FINAL_ANSWER_MARK) and final_answer(lines[-1]) is not None
+
+
 def exact_match(prediction: str, reference: str) -> float:
     """1.0 when the prediction's final answer equals the reference's, else 0.0."""
     expected = final_answer(reference)
@@ -103,8 +109,8 @@ class TaskScore:
 
 
 def task_score(prediction: str, reference: str) -> TaskScore:
-    """Exact match where the reference states a final answer, character ROUGE-L F1 otherwise."""
-    if final_answer(reference) is not None:
+    """Exact match where the reference is a drill answer, character ROUGE-L F1 otherwise."""
+    if is_drill_reference(reference):
         return TaskScore("exact_match", exact_match(prediction, reference))
     return TaskScore("rouge_l", rouge_l_f1(prediction, reference))
 

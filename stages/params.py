@@ -98,8 +98,7 @@ class Prepare:
     near_dup_threshold: float = 0.8  # MinHash Jaccard estimate above which a row is a near-duplicate; 0 = off
     near_dup_num_perm: int = 64
     redact_pii: bool = False  # replace e-mails, phone and ID-card numbers with [EMAIL]/[PHONE]/[ID_CARD]
-    num_proc: int = 2  # worker processes for large inputs
-    parallel_min_rows: int = 20000  # inputs with fewer rows are prepared in-process
+    num_proc: int = 2  # worker processes for sources larger than one chunk (2000 rows)
 
 
 @dataclass
@@ -125,6 +124,7 @@ class Sft:
     eval_steps: int = 50
     logging_steps: int = 10
     gradient_checkpointing: bool = False
+    train_sampling_strategy: str = "group_by_length"
     precision: str = "fp32"
     lora: Lora = field(default_factory=Lora)
 
@@ -167,14 +167,20 @@ class Quantize:
 
 @dataclass
 class Eval:
-    artifacts: list[str] = field(
-        default_factory=lambda: ["base", "sft", "dpo", "merged", "gguf_f16", "gguf_q4_k_m"]
-    )
-    max_samples: int = 64
+    artifacts: list[str] = field(default_factory=lambda: ["base", "sft", "dpo", "merged", "gguf_f16", "gguf_q4_k_m"])
+    max_samples: int = 32
     max_generations: int = 8
-    max_new_tokens: int = 48
-    n_threads: int = 2
-    sample_prompts: list[str] = field(default_factory=list)
+    max_new_tokens: int = 64
+    batch_size: int = 16
+    n_threads: int = 1
+    sample_prompts: list[str] = field(
+        default_factory=lambda: [
+            "你好，请介绍一下你自己。",
+            "计算 47 + 38 等于多少？",
+            "把 3 千克换算成克。",
+            "什么是光合作用？",
+        ]
+    )
     gate_action: str = "warn"
     max_q4_k_m_vs_f16_ppl_ratio: float = 1.10
     max_task_drop_dpo_vs_sft: float = 0.05

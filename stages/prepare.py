@@ -29,6 +29,7 @@ import multiprocessing
 import os
 import re
 import sys
+from array import array
 from collections import Counter, deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, fields
@@ -97,6 +98,20 @@ class Source:
         """{source column: format field}, from the params mapping {format field: source column}."""
         columns = self.config.columns
         return {getattr(columns, f.name): f.name for f in fields(columns) if getattr(columns, f.name)}
+
+
+def check_params(params: Prepare) -> None:
+    """Values the typed loader cannot judge on its own."""
+    checks = [
+        (params.on_error in ("stop", "skip"), f"on_error must be stop or skip, got {params.on_error!r}"),
+        (0 <= params.eval_fraction < 1, f"eval_fraction must be in [0, 1), got {params.eval_fraction}"),
+        (0 <= params.near_dup_threshold < 1, f"near_dup_threshold must be in [0, 1), got {params.near_dup_threshold}"),
+        (params.num_proc >= 1, f"num_proc must be at least 1, got {params.num_proc}"),
+        (params.min_tokens <= params.max_tokens, "min_tokens must not exceed max_tokens"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise PrepareError(f"params.yaml: prepare: {message}")
 
 
 def sources_from_params(params: Prepare) -> list[Source]:
@@ -230,11 +245,12 @@ class Judge:
         if failing is not None:
             verdict.reason, verdict.detail = failing
             return verdict
-        verdict.id = filters.row_id(sample)
+        content = filters.content_text(sample)
+        verdict.id = filters.row_id(content)
         verdict.kind = "pref" if sample.is_preference else "sft"
         num_perm, bands, rows = self.near_dup
         if num_perm:
-            verdict.bands = tuple(filters.band_hashes(filters.content_text(sample), num_perm, bands, rows))
+            verdict.bands = tuple(filters.band_hashes(content, num_perm, bands, rows))
         verdict.tokens = self.rules.tokens.count(filters.own_text(sample))
         verdict.opening = opening(last_user_turn(sample.messages))
         with_system = filters.with_system_prompt(sample, self.rules.system_prompt)
@@ -338,7 +354,9 @@ class SetDecisions:
         self.on_error = on_error
         self.ids = filters.FirstSeen()
         self.bands = filters.FirstSeen()
-        self.places: list[str] = []  # row number -> file:line, only for rows that own a key
+        # Row number -> where it came from, for rows that own a key: (source index, line), 6 bytes a row.
+        self.sources: list[str] = []
+        self.place_source, self.place_line = array("H"), array("L")
         self.kept_per_source: Counter[str] = Counter()
 
     def decide(self, source: Source, verdicts: list[Verdict]) -> None:
@@ -359,16 +377,27 @@ class SetDecisions:
         key = int(verdict.id, 16)
         earlier = self.ids.get(key, id_hits)
         if earlier is not None:
-            verdict.reason, verdict.detail = "duplicate", f"same content as {self.places[earlier]}"
+            verdict.reason, verdict.detail = "duplicate", f"same content as {self.place(earlier)}"
             return
         similar = next((hit for band in verdict.bands if (hit := self.bands.get(band, band_hits)) is not None), None)
         if similar is not None:
-            verdict.reason, verdict.detail = "near_duplicate", f"near-duplicate of {self.places[similar]}"
+            verdict.reason, verdict.detail = "near_duplicate", f"near-duplicate of {self.place(similar)}"
             return
-        self.places.append(verdict.source)
-        self.ids.add(key, len(self.places) - 1)
+        row = self.remember(verdict.source)
+        self.ids.add(key, row)
         for band in verdict.bands:
-            self.bands.add(band, len(self.places) - 1)
+            self.bands.add(band, row)
+
+    def remember(self, place: str) -> int:
+        name, line = place.rsplit(":", 1)
+        if not self.sources or self.sources[-1] != name:
+            self.sources.append(name)
+        self.place_source.append(len(self.sources) - 1)
+        self.place_line.append(int(line))
+        return len(self.place_line) - 1
+
+    def place(self, row: int) -> str:
+        return f"{self.sources[self.place_source[row]]}:{self.place_line[row]}"
 
     def _mix(self, source: Source, verdict: Verdict) -> None:
         weight, max_rows = source.config.weight, source.config.max_rows
@@ -504,9 +533,9 @@ class TokenizerCounter(filters.TokenCounter):
             raise PrepareError(
                 f"{tokenizer_dir}: no tokenizer here; run the base stage first (dvc repro base) or pass --tokenizer DIR"
             )
-        from transformers import AutoTokenizer
+        from stages.models import load_tokenizer
 
-        self.tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+        self.tokenizer = load_tokenizer(tokenizer_dir)
         if not self.tokenizer.chat_template:
             raise PrepareError(f"{tokenizer_dir}: the tokenizer has no chat_template; max_tokens counts templated text")
         self.backend = self.tokenizer.backend_tokenizer
@@ -582,6 +611,7 @@ def reject_line(verdict: Verdict) -> str:
 
 def run_stage(params: Prepare, counter: filters.TokenCounter | None = None) -> dict[str, Any]:
     """The DVC stage: params sources -> data/prepared/*, data/processed_data.jsonl, metrics."""
+    check_params(params)
     sources = sources_from_params(params)
     judge = make_judge(params, counter or TokenizerCounter(TOKENIZER_DIR))
     tally, formats = Tally(), {}
@@ -610,6 +640,7 @@ def run_cli(
     params: Prepare, inputs: list[str], output: Path, fmt: str, counter: filters.TokenCounter
 ) -> dict[str, Any]:
     """The guide's command: every kept row to `output` in input order (guide forms), rejects beside it."""
+    check_params(params)
     sources = [Source(path, "any", PrepareSource(path=path, format=fmt)) for path in inputs]
     judge = make_judge(params, counter)
     tally, formats = Tally(), {}

@@ -1,7 +1,7 @@
 """Stage `quantize`: GGUF f16 → the quant types in params (default q4_k_m), through llama.cpp's C API.
 
 Reads  params `quantize`, `gguf.outtype`; models/gguf/teachingassistant-<outtype>.gguf; models/merged
-       (chat template for the Modelfile); params `serve` (Modelfile system prompt and sampling)
+       (chat template for the Modelfile); params `serve` (Modelfile sampling) and `prepare.system_prompt`
 Writes models/gguf/teachingassistant-<type>.gguf per type, models/ollama/Modelfile, metrics/quantize.json
 
 llama.cpp silently falls back to another type for tensors whose rows are not a multiple of the block
@@ -100,7 +100,9 @@ def main(argv: list[str] | None = None) -> int:
             log.info("%s: %s bytes, types %s", dst, report[qtype]["bytes"], report[qtype]["tensor_types"])
         from serve.modelfile import write_modelfile
 
-        write_modelfile(MERGED_DIR, gguf_path(params.quantize.types[0]), MODELFILE, params.serve)
+        write_modelfile(
+            MERGED_DIR, gguf_path(params.quantize.types[0]), MODELFILE, params.prepare.system_prompt, params.serve
+        )
     except (ParamsError, FileNotFoundError, QuantizeError, ValueError) as err:
         print(f"quantize: error: {err}", file=sys.stderr)
         return 2

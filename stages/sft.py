@@ -26,6 +26,7 @@ TRAIN_FILE = Path("data/prepared/sft_train.jsonl")
 EVAL_FILE = Path("data/prepared/sft_eval.jsonl")
 OUT_DIR = Path("models/sft")
 LIVE_DIR = Path("dvclive/sft")
+CHECKPOINT_DIR = Path("checkpoints/sft")  # trainer scratch space, outside the DVC output
 
 
 def read_conversations(path: Path) -> list[list[dict[str, str]]]:
@@ -64,7 +65,7 @@ def train(params: Sft, lr: float, out_dir: Path = OUT_DIR, live_dir: Path = LIVE
 
     model = load_base_model(ref, torch_dtype(params.precision))
     config = SFTConfig(
-        output_dir=str(out_dir / "checkpoints"),
+        output_dir=str(CHECKPOINT_DIR),
         learning_rate=lr,
         num_train_epochs=params.num_epochs,
         per_device_train_batch_size=params.per_device_train_batch_size,
@@ -77,6 +78,7 @@ def train(params: Sft, lr: float, out_dir: Path = OUT_DIR, live_dir: Path = LIVE
         max_length=params.max_seq_len,
         assistant_only_loss=True,
         gradient_checkpointing=params.gradient_checkpointing,
+        train_sampling_strategy=params.train_sampling_strategy,
         bf16=params.precision == "bf16",
         fp16=params.precision == "fp16",
         eval_strategy="steps",
@@ -99,7 +101,9 @@ def train(params: Sft, lr: float, out_dir: Path = OUT_DIR, live_dir: Path = LIVE
         callbacks=[dvclive_callback(live_dir, {"lr": lr, "sft": dataclasses.asdict(params)})],
     )
     trainer.train()
-    metrics = trainer.evaluate()
+    # The last eval step may not fall on the last step; evaluate the final adapter once more if not.
+    last_eval = next((log for log in reversed(trainer.state.log_history) if "eval_loss" in log), {})
+    metrics = last_eval if last_eval.get("step") == trainer.state.global_step else trainer.evaluate()
     trainer.model.save_pretrained(str(out_dir), safe_serialization=True)
     copy_tokenizer_files(ref.name_or_path, out_dir)
     return metrics

@@ -81,12 +81,12 @@ class FakeRuntime:
         self.answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
         self.generate_calls = []
 
-    def token_logprobs(self, ids):
-        return [self.logprob.get(token, math.log(0.1)) for token in ids[1:]]
+    def token_logprobs(self, sequences):
+        return [[self.logprob.get(token, math.log(0.1)) for token in ids[1:]] for ids in sequences]
 
-    def greedy(self, prompt_ids, max_new_tokens, stop_ids):
-        self.generate_calls.append(max_new_tokens)
-        return self.answer_ids
+    def greedy(self, prompts, max_new_tokens, stop_ids):
+        self.generate_calls.append((len(prompts), max_new_tokens))
+        return [self.answer_ids for _ in prompts]
 
 
 def write_held_out(root):
@@ -132,7 +132,7 @@ def test_evaluate_reports_hand_computed_metrics(tokenizer, tmp_path, monkeypatch
     assert result.task == {"task": 0.5, "rouge_l": 0.0, "exact_match": 1.0}
     assert result.refusal_rate == 1.0  # both answers contain the pattern
     assert result.sample_answers == ["答案：7"]
-    assert runtime.generate_calls == [5, 5, 5]  # two task questions and one sample prompt
+    assert runtime.generate_calls == [(3, 5)]  # two task questions and one sample prompt, in one pass
 
 
 def test_report_has_exactly_the_issue_key_paths():
@@ -204,3 +204,40 @@ def test_main_names_the_missing_artifact_and_exits_2(tmp_path, monkeypatch, caps
     assert (
         err.strip() == "error: models/merged: missing artifact 'merged'; run `dvc repro` or drop it from eval.artifacts"
     )
+
+
+@pytest.fixture(scope="module")
+def tiny_lm():
+    """A randomly initialised one-layer Qwen2: enough to check that batching changes no number."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    config = Qwen2Config(
+        vocab_size=32,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=64,
+    )
+    return Qwen2ForCausalLM(config).eval()
+
+
+def test_padded_batches_score_like_single_sequences(tiny_lm):
+    sequences = [[5, 6, 7, 8, 9, 10], [11, 12], [13, 14, 15]]
+    batched = eval_stage.HFRuntime(tiny_lm, pad_id=0, batch_size=3).token_logprobs(sequences)
+    single = eval_stage.HFRuntime(tiny_lm, pad_id=0, batch_size=1).token_logprobs(sequences)
+    assert [len(lps) for lps in batched] == [5, 1, 2]  # one log-prob per predicted token
+    for b, s in zip(batched, single, strict=True):
+        assert b == pytest.approx(s, abs=1e-5)
+    assert all(lp < 0 for lps in batched for lp in lps)
+
+
+def test_left_padded_greedy_matches_one_prompt_at_a_time(tiny_lm):
+    prompts = [[5, 6, 7, 8], [9, 10]]
+    batched = eval_stage.HFRuntime(tiny_lm, pad_id=0, batch_size=2).greedy(prompts, 6, stop_ids={1})
+    single = eval_stage.HFRuntime(tiny_lm, pad_id=0, batch_size=1).greedy(prompts, 6, stop_ids={1})
+    assert batched == single
+    assert all(len(ids) <= 6 and 1 not in ids for ids in batched)

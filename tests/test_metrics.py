@@ -69,9 +69,21 @@ def test_exact_match_needs_a_reference_answer():
         metrics.exact_match("答案：1", "没有答案行")
 
 
+def test_drill_references_end_with_their_answer_line():
+    assert metrics.is_drill_reference("3 + 4 = 7。\n答案：7\n")
+    assert not metrics.is_drill_reference("区别在于答案：\n1. 设问：自问自答。")  # "答案：" inside prose
+    assert not metrics.is_drill_reference("答案：7\n再想一想为什么。")  # not the last line
+    assert not metrics.is_drill_reference("答案：")  # nothing after the mark
+
+
 def test_task_score_picks_exact_match_for_drill_and_rouge_otherwise():
     assert metrics.task_score("答案：9", "3 × 3\n答案：9") == metrics.TaskScore("exact_match", 1.0)
     assert metrics.task_score("abcd", "acbd") == metrics.TaskScore("rouge_l", pytest.approx(0.75))
+    # prose that mentions 答案 mid-text is scored by ROUGE-L: LCS("答案", "答案：是人民。\n还有别的吗") = 2,
+    # the reference has 12 characters once the newline is dropped: P = 2/2, R = 2/12 -> F1 = (1/3)/(7/6) = 2/7
+    assert metrics.task_score("答案", "答案：是人民。\n还有别的吗") == metrics.TaskScore(
+        "rouge_l", pytest.approx(2 / 7)
+    )
 
 
 def test_task_summary_means():

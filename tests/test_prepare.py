@@ -422,3 +422,32 @@ def test_first_seen_remembers_keys_across_flushes() -> None:
     hits = seen.prefetch([7 * 123 + 2**63, 5, 8])
     assert hits == {7 * 123 + 2**63: 123}
     assert seen.get(5, hits) == 99 and seen.get(8, hits) is None
+
+
+def test_params_out_of_range_are_named(tmp_path: Path) -> None:
+    with pytest.raises(
+        prepare.PrepareError, match=r"params.yaml: prepare: on_error must be stop or skip, got 'ignore'"
+    ):
+        run_cli([FIXTURES / "qa.jsonl"], tmp_path / "out.jsonl", on_error="ignore")
+
+
+def test_params_yaml_takes_plain_paths_and_mapped_hub_sources(tmp_path: Path) -> None:
+    from stages.params import ParamsError, load_params
+
+    path = tmp_path / "params.yaml"
+    path.write_text(
+        "prepare:\n"
+        "  sft_sources:\n"
+        "    - data/raw/sft_stem.jsonl\n"
+        "    - hub: YeungNLP/firefly-train-1.1M\n"
+        "      format: alpaca\n"
+        "      columns: {instruction: input, output: target}\n"
+        "      max_rows: 20000\n",
+        encoding="utf-8",
+    )
+    plain, firefly = load_params(path).prepare.sft_sources
+    assert plain == "data/raw/sft_stem.jsonl"
+    assert isinstance(firefly, PrepareSource) and firefly.columns.output == "target" and firefly.max_rows == 20000
+    path.write_text("prepare:\n  sft_sources:\n    - hub: x\n      colums: {}\n", encoding="utf-8")
+    with pytest.raises(ParamsError, match="colums"):
+        load_params(path)
