@@ -1,10 +1,11 @@
 """Stage `base`: resolve the base model and pin it.
 
-Reads  params `base`, data/raw/*.jsonl (tiny only: tokenizer corpus)
+Reads  params `base`, `prepare.seed` and `prepare.eval_fraction`; data/raw/*.jsonl (tiny only)
 Writes models/base/base.json — what later stages load, with the exact revision — and, for `tiny`,
-       the model itself: a Qwen2-architecture causal LM with a SentencePiece BPE tokenizer trained on
-       data/raw, briefly pretrained on freshly generated drill text (never on data/raw rows, so the
-       held-out split stays unseen).
+       the model itself: a Qwen2-architecture causal LM with a SentencePiece BPE tokenizer, both
+       trained on the plain question/answer text of the raw rows that prepare puts in the *train*
+       split (the same hash-based split, so no held-out row is ever seen), plus freshly generated drill
+       text. Pretraining teaches the vocabulary and some language; SFT then teaches the chat format.
 
 For a hub id the snapshot goes to the Hugging Face cache and base.json records the commit sha, so the
 lock file pins the exact weights; for a local path it records a digest of the directory's files.
@@ -32,12 +33,34 @@ OUT_DIR = Path("models/base")
 
 
 def raw_texts(raw_dir: Path) -> list[str]:
-    """Every string field of every shipped raw row, in file order: the tokenizer's training corpus."""
+    """Every string field of every shipped raw row, in file order."""
     texts = []
     for path in sorted(raw_dir.glob("*.jsonl")):
         for line in path.read_text(encoding="utf-8").splitlines():
             if line.strip():
                 texts.extend(v for v in json.loads(line).values() if isinstance(v, str))
+    return texts
+
+
+def train_split_texts(raw_dir: Path, split_seed: int, eval_fraction: float) -> list[str]:
+    """"question\nanswer" (or instruction + chosen answer) of each raw row prepare will keep out of eval."""
+    from stages.data import Sample
+    from stages.filters import content_text, is_eval, row_id
+
+    texts = []
+    for path in sorted(raw_dir.glob("*.jsonl")):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            row = json.loads(line) if line.strip() else {}
+            if "question" in row:
+                prompt, answer = row["question"], row["answer"]
+                sample = Sample([{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}])
+            elif "instruction" in row:
+                prompt, answer = row["instruction"], row["chosen"]
+                sample = Sample([{"role": "user", "content": prompt}], chosen=answer, rejected=row["rejected"])
+            else:
+                continue
+            if not is_eval(split_seed, row_id(content_text(sample)), eval_fraction):
+                texts.append(f"{prompt}\n{answer}")
     return texts
 
 
@@ -124,7 +147,7 @@ def pretrain_texts(n_rows: int, seed: int, exclude: set[str]) -> list[str]:
     return [f"{r['question']}\n{r['answer']}" for r in rows if r["question"] not in exclude][:n_rows]
 
 
-def build_tiny(cfg: TinyModel, seed: int, raw_dir: Path, out_dir: Path) -> None:
+def build_tiny(cfg: TinyModel, seed: int, raw_dir: Path, out_dir: Path, split: tuple[int, float]) -> None:
     import torch
     from transformers import (
         DataCollatorForLanguageModeling,
@@ -139,10 +162,11 @@ def build_tiny(cfg: TinyModel, seed: int, raw_dir: Path, out_dir: Path) -> None:
     for name in ("hidden_size", "intermediate_size"):
         if getattr(cfg, name) % 256:
             raise ParamsError(f"params.yaml: base.tiny.{name}: must be a multiple of 256 (llama.cpp Q4_K blocks)")
-    texts = raw_texts(raw_dir)
-    rows_needed = cfg.pretrain_steps * cfg.pretrain_batch_size * cfg.pretrain_seq_len // 60  # ~60 tokens a row
-    corpus = pretrain_texts(rows_needed, seed, exclude=set(texts))
-    train_tokenizer(texts + corpus[: len(texts)], out_dir, cfg.vocab_size, seed)
+    texts = train_split_texts(raw_dir, *split)
+    drill_rows = cfg.pretrain_steps * cfg.pretrain_batch_size * cfg.pretrain_seq_len // 240  # a quarter drill
+    corpus = texts + pretrain_texts(drill_rows, seed, exclude=set(raw_texts(raw_dir)))
+    random.Random(seed).shuffle(corpus)
+    train_tokenizer(corpus, out_dir, cfg.vocab_size, seed)
     tokenizer = hf_tokenizer(out_dir / "tokenizer.model")
 
     set_seed(seed)
@@ -212,10 +236,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
-        params = load_params().base
+        all_params = load_params()
+        params = all_params.base
         args.output.mkdir(parents=True, exist_ok=True)
         if params.model == "tiny":
-            build_tiny(params.tiny, params.seed, RAW_DIR, args.output)
+            split = (all_params.prepare.seed, all_params.prepare.eval_fraction)
+            build_tiny(params.tiny, params.seed, RAW_DIR, args.output, split)
             info: dict[str, object] = {"model": "tiny", "revision": None}
         else:
             info = resolve_hub(params)

@@ -6,7 +6,8 @@ Reads   models/base, models/sft, models/dpo, models/merged (transformers + PEFT)
         params: eval.*, prepare.system_prompt (sample prompts), prepare.refusal_patterns.
 Writes  metrics/eval.json          perplexity / task / preference_accuracy / refusal_rate .<artifact>,
                                    quantization.* (and judge.<artifact> when the judge is on)
-        metrics/samples.md, .json  greedy answers of every artifact to eval.sample_prompts
+        metrics/samples.md, .json  greedy answers of every artifact to eval.sample_prompts (the JSON also
+                                   holds each held-out task question with every artifact's answer and score)
         metrics/eval_plots/        per-artifact bars for `dvc plots`
 
 Every runtime scores the SAME token ids: the base tokenizer renders each conversation with its chat
@@ -265,6 +266,7 @@ class ArtifactResult:
     preference_accuracy: float
     refusal_rate: float
     task_answers: list[str] = field(default_factory=list)
+    task_scores: list[metrics.TaskScore] = field(default_factory=list)
     sample_answers: list[str] = field(default_factory=list)
 
 
@@ -324,8 +326,9 @@ def evaluate(
         task=metrics.task_summary(scores),
         preference_sums=sums,
         preference_accuracy=metrics.preference_accuracy(margins),
-        refusal_rate=metrics.refusal_rate(task_answers, refusal_patterns) if task_answers else 0.0,
+        refusal_rate=metrics.refusal_rate(decoded, refusal_patterns) if decoded else 0.0,  # all prompts are benign
         task_answers=task_answers,
+        task_scores=scores,
         sample_answers=sample_answers,
     )
 
@@ -450,7 +453,18 @@ def write_outputs(report: dict[str, Any], results: dict[str, ArtifactResult], he
         {"prompt": prompt, "answers": {name: texts[i] for name, texts in answers.items()}}
         for i, prompt in enumerate(held.sample_prompts)
     ]
-    write_json(SAMPLES_JSON, {"max_new_tokens": params.max_new_tokens, "samples": samples})
+    questions = [
+        {
+            "question": item.prompt[-1]["content"],
+            "reference": item.reference,
+            "answers": {
+                name: {"text": r.task_answers[i], r.task_scores[i].kind: round(r.task_scores[i].value, 4)}
+                for name, r in results.items()
+            },
+        }
+        for i, item in enumerate(held.tasks)
+    ]
+    write_json(SAMPLES_JSON, {"max_new_tokens": params.max_new_tokens, "samples": samples, "task": questions})
     SAMPLES_MD.write_text(samples_markdown(held.sample_prompts, answers, params.max_new_tokens), encoding="utf-8")
 
 

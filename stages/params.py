@@ -35,7 +35,7 @@ class TinyModel:
     num_attention_heads: int = 4
     num_key_value_heads: int = 2
     max_position_embeddings: int = 1024
-    pretrain_steps: int = 80
+    pretrain_steps: int = 150
     pretrain_lr: float = 3.0e-3
     pretrain_batch_size: int = 8
     pretrain_seq_len: int = 128
@@ -106,14 +106,25 @@ class Lora:
     r: int = 16
     alpha: int = 32
     dropout: float = 0.05
-    target_modules: str | list[str] = "all-linear"
+    target_modules: str | list[str] = "all-linear"  # "all-linear" = every linear layer but the output head
+    modules_to_save: list[str] = field(default_factory=list)  # trained in full beside the adapter, e.g. [lm_head]
+
+
+@dataclass
+class Qlora:
+    """bitsandbytes 4-bit loading of the base for `method: qlora` (the QLoRA paper's recipe by default)."""
+
+    quant_type: str = "nf4"  # nf4 | fp4
+    double_quant: bool = True  # also quantize the quantization constants (~0.4 bit/param saved)
+    compute_dtype: str = "bf16"  # fp32 | bf16 | fp16: dtype the 4-bit weights are dequantized to for matmuls
 
 
 @dataclass
 class Sft:
-    method: str = "lora"
+    method: str = "lora"  # lora | qlora | full
     seed: int = 42
     num_epochs: float = 3
+    max_steps: int = -1  # stop after N optimizer steps; -1 = run num_epochs
     per_device_train_batch_size: int = 4
     gradient_accumulation_steps: int = 8
     max_seq_len: int = 2048
@@ -123,10 +134,20 @@ class Sft:
     max_grad_norm: float = 1.0
     eval_steps: int = 50
     logging_steps: int = 10
+    save_steps: int = 50  # checkpoint every N steps into checkpoints/sft (resume after a kill); 0 = none
+    save_total_limit: int = 2  # checkpoints kept while running (the best one too); all removed at the end
+    early_stopping_patience: int = 0  # evals without improvement before stopping; 0 = off
+    early_stopping_threshold: float = 0.01  # eval-loss drop below which an eval counts as no improvement
     gradient_checkpointing: bool = False
     train_sampling_strategy: str = "group_by_length"
+    packing: bool = False  # pack samples into max_seq_len blocks (best-fit decreasing, padding-free)
+    padding_free: bool = False  # one flattened sequence per batch, no pad tokens
     precision: str = "fp32"
+    num_processes: int = 1  # > 1: one process per GPU (CPU: gloo) under DeepSpeed, as `deepspeed --num_gpus=N`
+    deepspeed_config: str = "ds_config_zero2.json"  # used when num_processes > 1; "" = plain DDP
+    gpu_memory_gb: float = 0  # per-GPU memory the estimate is checked against; 0 = the detected GPU's
     lora: Lora = field(default_factory=Lora)
+    qlora: Qlora = field(default_factory=Qlora)
 
 
 @dataclass
@@ -135,12 +156,23 @@ class Dpo:
     beta: float = 0.1
     learning_rate: float = 5.0e-7
     num_epochs: float = 1
+    max_steps: int = -1  # stop after N optimizer steps; -1 = run num_epochs
     per_device_train_batch_size: int = 4
     gradient_accumulation_steps: int = 1
     max_length: int = 2048
     loss_type: str = "sigmoid"
+    ref_model: str = ""  # "" = the SFT model (a frozen copy of its adapter); or a model/adapter dir
+    warmup_ratio: float = 0.1
+    lr_scheduler_type: str = "linear"
+    max_grad_norm: float = 1.0
+    eval_steps: int = 50
     logging_steps: int = 5
+    save_steps: int = 50  # checkpoint every N steps into checkpoints/dpo; 0 = none
+    save_total_limit: int = 2
+    gradient_checkpointing: bool = False
     precision: str = "fp32"
+    num_processes: int = 1
+    deepspeed_config: str = "ds_config_zero2.json"
 
 
 @dataclass

@@ -4,7 +4,9 @@ transformers' own DVCLiveCallback counts log events rather than optimizer steps,
 points of the same step land at different x positions; here `live.step` is set from
 `state.global_step` before every log. Wall-clock figures (runtime, samples per second, FLOPs) are
 dropped: the DVCLive dir is tracked by git and must be byte-identical when nothing changed.
-Only rank 0 logs.
+
+Only rank 0 logs. A run resumed from a checkpoint opens the dir with `resume=True` (a fresh Live wipes
+it) after dropping the rows the killed run logged past that checkpoint, so the curves read as one run.
 """
 
 from __future__ import annotations
@@ -12,11 +14,25 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from stages.launch import rank
+
 TIMING_KEYS = ("runtime", "per_second", "flos")
 
 
-def dvclive_callback(live_dir: Path, params: dict[str, Any], resume: bool = False) -> Any:
-    """A trainer callback logging to `live_dir` (dvc.yaml declares its plots, so dvcyaml=False)."""
+def truncate_plots(live_dir: Path, last_step: int) -> None:
+    """Drop the rows of every DVCLive plot TSV under `live_dir` whose step is past `last_step`."""
+    for tsv in (live_dir / "plots" / "metrics").rglob("*.tsv"):
+        header, *rows = tsv.read_text(encoding="utf-8").splitlines(keepends=True)
+        step_col = header.rstrip("\n").split("\t").index("step")
+        kept = [row for row in rows if int(row.split("\t")[step_col]) <= last_step]
+        tsv.write_text("".join([header, *kept]), encoding="utf-8")
+
+
+def dvclive_callbacks(live_dir: Path, params: dict[str, Any], resume_step: int | None = None) -> list[Any]:
+    """Trainer callbacks logging to `live_dir` on rank 0 (none elsewhere). dvc.yaml declares the plots,
+    so dvcyaml=False. `resume_step`: the global step of the checkpoint the run resumes from."""
+    if rank() != 0:
+        return []
     from dvclive import Live
     from transformers.integrations import DVCLiveCallback
 
@@ -31,6 +47,9 @@ def dvclive_callback(live_dir: Path, params: dict[str, Any], resume: bool = Fals
             logs = {k: v for k, v in (logs or {}).items() if not any(t in k for t in TIMING_KEYS)}
             super().on_log(args, state, control, model=model, logs=logs, **kwargs)
 
+    resume = resume_step is not None and live_dir.is_dir()
+    if resume:
+        truncate_plots(live_dir, resume_step)
     live = Live(str(live_dir), dvcyaml=False, save_dvc_exp=False, resume=resume, report=None)
     live.log_params(params)
-    return StepAlignedDVCLive(live=live, log_model=False)
+    return [StepAlignedDVCLive(live=live, log_model=False)]

@@ -67,7 +67,12 @@ def run(cmd: list[str], cwd: Path, timeout: int = 1800) -> subprocess.CompletedP
 
 @pytest.fixture(scope="session")
 def pipeline_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A temporary copy of the repo on which `dvc repro` has run to the end on the tiny default."""
+    """A temporary copy of the repo on which `dvc repro` has run to the end on the tiny default.
+
+    TA_PIPELINE_REPO=<dir> reuses a repo where the pipeline has already run (for quick local iteration).
+    """
+    if os.environ.get("TA_PIPELINE_REPO"):
+        return Path(os.environ["TA_PIPELINE_REPO"])
     repo = copy_repo(tmp_path_factory.mktemp("pipeline") / "repo")
     run([str(BIN / "dvc"), "repro"], cwd=repo)
     return repo

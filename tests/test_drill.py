@@ -19,13 +19,15 @@ def final_answer(answer: str) -> str:
 def test_every_sft_drill_answer_is_arithmetically_right():
     for row in drill.sft_rows(400, random.Random(7)):
         q, final = row["question"], final_answer(row["answer"])
-        if m := re.search(r"(\d+) ([+\-×]) (\d+)", q):
-            a, op, b = int(m[1]), m[2], int(m[3])
-            assert int(final) == {"+": a + b, "-": a - b, "×": a * b}[op], row
+        numbers = [int(n) for n in re.findall(r"\d+", q)]
+        if "千" in q or any(big in q and small in q for big, small, _ in drill.UNITS):
+            factor = next(f for big, small, f in drill.UNITS if q.find(big) < q.find(small) and big in q)
+            assert final.split(" ")[0] == str(numbers[0] * factor), row
         else:
-            n = int(re.match(r"(\d+)", q)[1])
-            factor = next(f for big, small, f in drill.UNITS if big in q and small in q)
-            assert final == f"{n * factor} {final.split(' ')[1]}", row
+            a, b = numbers
+            op = next(op for op in ("+", "-", "×", "加", "减", "乘") if op in q)
+            expected = {"+": a + b, "加": a + b, "-": a - b, "减": a - b, "×": a * b, "乘": a * b}[op]
+            assert int(final) == expected, row
 
 
 def test_rejected_drill_answers_are_wrong_or_unexplained():

@@ -130,9 +130,21 @@ def test_evaluate_reports_hand_computed_metrics(tokenizer, tmp_path, monkeypatch
     # task rows alternate drill then open: "答案：7" is an exact match (1) and shares nothing with "12"
     # (ROUGE-L 0) -> task 1/2
     assert result.task == {"task": 0.5, "rouge_l": 0.0, "exact_match": 1.0}
-    assert result.refusal_rate == 1.0  # both answers contain the pattern
+    assert result.refusal_rate == 1.0  # all three answers (two task, one sample prompt) contain the pattern
     assert result.sample_answers == ["答案：7"]
     assert runtime.generate_calls == [(3, 5)]  # two task questions and one sample prompt, in one pass
+
+    eval_stage.write_outputs({"perplexity": {"fake": 2.0}}, {"fake": result}, held, params)
+    samples = json.loads((tmp_path / "metrics/samples.json").read_text(encoding="utf-8"))
+    assert samples["samples"] == [{"prompt": "q", "answers": {"fake": "答案：7"}}]
+    assert [q["answers"]["fake"] for q in samples["task"]] == [
+        {"text": "答案：7", "exact_match": 1.0},
+        {"text": "答案：7", "rouge_l": 0.0},
+    ]
+    assert json.loads((tmp_path / "metrics/eval_plots/perplexity.json").read_text()) == [
+        {"artifact": "fake", "perplexity": round(result.perplexity, 4)}
+    ]
+    assert "**fake**\n\n> 答案：7" in (tmp_path / "metrics/samples.md").read_text(encoding="utf-8")
 
 
 def test_report_has_exactly_the_issue_key_paths():
