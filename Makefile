@@ -1,6 +1,7 @@
 # Two entry points: `make run` (install, then the whole pipeline on the embedded default) and
 # `make test` (install, then lint and the full test suite). Everything goes into a project virtual
-# environment, .venv/ — use its tools directly (.venv/bin/dvc) or `source .venv/bin/activate`.
+# environment, .venv/ — `source .venv/bin/activate` before running dvc yourself: the stages' commands
+# call `python`, which must be the venv's.
 
 PYTHON ?= python3
 VENV := .venv
@@ -12,11 +13,13 @@ TEST_STAMP := $(VENV)/.installed-test
 
 .PHONY: run test install install-test lint report clean-venv
 
+export PATH := $(abspath $(BIN)):$(PATH)
+
 run: $(STAMP)
-	$(BIN)/dvc repro
+	dvc repro
 
 test: $(STAMP) $(TEST_STAMP) lint
-	$(BIN)/python -m pytest
+	python -m pytest
 
 lint: $(TEST_STAMP)
 	$(BIN)/ruff check .

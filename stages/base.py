@@ -43,7 +43,7 @@ def raw_texts(raw_dir: Path) -> list[str]:
 
 
 def train_split_texts(raw_dir: Path, split_seed: int, eval_fraction: float) -> list[str]:
-    """"question\nanswer" (or instruction + chosen answer) of each raw row prepare will keep out of eval."""
+    """ "question\nanswer" (or instruction + chosen answer) of each raw row prepare will keep out of eval."""
     from stages.data import Sample
     from stages.filters import content_text, is_eval, row_id
 
@@ -106,8 +106,14 @@ def train_tokenizer(texts: list[str], out_dir: Path, vocab_size: int, seed: int)
     config["add_bos_token"] = False
     config["tokenizer_class"] = "PreTrainedTokenizerFast"
     config["added_tokens_decoder"] = {
-        str(tokenizer.convert_tokens_to_ids(t)): {"content": t, "special": True, "normalized": False,
-                                                 "lstrip": False, "rstrip": False, "single_word": False}
+        str(tokenizer.convert_tokens_to_ids(t)): {
+            "content": t,
+            "special": True,
+            "normalized": False,
+            "lstrip": False,
+            "rstrip": False,
+            "single_word": False,
+        }
         for t in chat.SPECIAL_TOKENS
     }
     config_file.write_text(json.dumps(config, indent=2, ensure_ascii=False, sort_keys=True) + "\n", encoding="utf-8")
@@ -222,7 +228,12 @@ def resolve_hub(params: Base) -> dict[str, object]:
         digest = hashlib.sha256()
         for file in sorted(p for p in local.rglob("*") if p.is_file()):
             digest.update(f"{file.relative_to(local)}:{file.stat().st_size}\n".encode())
-        return {"model": str(local.resolve()), "revision": None, "path": str(local.resolve()), "digest": digest.hexdigest()}
+        return {
+            "model": str(local.resolve()),
+            "revision": None,
+            "path": str(local.resolve()),
+            "digest": digest.hexdigest(),
+        }
     from huggingface_hub import HfApi, snapshot_download
 
     sha = HfApi().model_info(params.model, revision=params.revision).sha

@@ -45,12 +45,18 @@ def subtraction(rng: random.Random) -> tuple[str, str, str]:
     borrow = a % 10 < b % 10
     ones = (a % 10 + (10 if borrow else 0)) - b % 10
     tens = a // 10 - (1 if borrow else 0) - b // 10
-    first = f"个位：{a % 10} 不够减 {b % 10}，向十位借 1，{a % 10 + 10} - {b % 10} = {ones}。" if borrow else (
-        f"个位：{a % 10} - {b % 10} = {ones}。"
+    first = (
+        f"个位：{a % 10} 不够减 {b % 10}，向十位借 1，{a % 10 + 10} - {b % 10} = {ones}。"
+        if borrow
+        else (f"个位：{a % 10} - {b % 10} = {ones}。")
     )
     second = f"十位：{a // 10} - 1 - {b // 10} = {tens}。" if borrow else f"十位：{a // 10} - {b // 10} = {tens}。"
     question = rng.choice(["计算 {a} - {b} 等于多少？", "{a} 减 {b} 是多少？请讲一下步骤。", "帮我算一下 {a} - {b}。"])
-    return question.format(a=a, b=b), "\n".join(["我们按位相减：", first, second, f"所以 {a} - {b} = {a - b}。"]), str(a - b)
+    return (
+        question.format(a=a, b=b),
+        "\n".join(["我们按位相减：", first, second, f"所以 {a} - {b} = {a - b}。"]),
+        str(a - b),
+    )
 
 
 def multiplication(rng: random.Random) -> tuple[str, str, str]:
@@ -66,7 +72,9 @@ def conversion(rng: random.Random) -> tuple[str, str, str]:
     big, small, factor = rng.choice(UNITS)
     n = rng.randint(2, 30)
     answer = f"1 {big} = {factor} {small}，所以 {n} {big} = {n} × {factor} = {n * factor} {small}。"
-    question = rng.choice(["把 {n} {big}换算成{small}。", "{n} {big}等于多少{small}？", "{n} {big}是多少{small}？请说明换算方法。"])
+    question = rng.choice(
+        ["把 {n} {big}换算成{small}。", "{n} {big}等于多少{small}？", "{n} {big}是多少{small}？请说明换算方法。"]
+    )
     return question.format(n=n, big=big, small=small), answer, f"{n * factor} {small}"
 
 

@@ -56,7 +56,7 @@ def convert(model_dir: Path, outfile: Path, outtype: str, llama_cpp_dir: str) ->
 def probe_texts(tokenizer: Any, probe_file: Path, n: int) -> list[str]:
     """Chat-templated conversations from the eval split, plus edge cases around special tokens."""
     with probe_file.open(encoding="utf-8") as f:
-        conversations = [json.loads(line)["messages"] for line, _ in zip(f, range(n))]
+        conversations = [json.loads(line)["messages"] for line, _ in zip(f, range(n), strict=False)]
     texts = [tokenizer.apply_chat_template(m, tokenize=False) for m in conversations]
     texts += [
         tokenizer.apply_chat_template(conversations[0][:-1], tokenize=False, add_generation_prompt=True),
@@ -139,8 +139,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     METRICS_FILE.parent.mkdir(parents=True, exist_ok=True)
     METRICS_FILE.write_text(json.dumps(parity, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    log.info("wrote %s; token parity %d/%d texts, logits max |Δ| %s", outfile,
-             parity["token_parity"]["texts"], parity["token_parity"]["texts"], parity["logit_parity"]["max_abs_diff"])
+    log.info(
+        "wrote %s; token parity %d/%d texts, logits max |Δ| %s",
+        outfile,
+        parity["token_parity"]["texts"],
+        parity["token_parity"]["texts"],
+        parity["logit_parity"]["max_abs_diff"],
+    )
     return 0
 
 

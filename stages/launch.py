@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger("launch")
 
@@ -65,3 +66,20 @@ def clear_checkpoints(checkpoint_dir: Path) -> None:
     if checkpoint_dir.is_dir():
         shutil.rmtree(checkpoint_dir)
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
+
+
+def engine_report() -> Any:
+    """A trainer callback that logs, on rank 0 as training starts, which engine really runs it: e.g.
+    "DeepSpeed ZeRO stage 2 over 2 processes (optimizer DeepSpeedZeroOptimizer, gloo backend)"."""
+    import torch.distributed as dist
+    from transformers import TrainerCallback
+
+    class EngineReport(TrainerCallback):
+        def on_train_begin(self, args: Any, state: Any, control: Any, optimizer: Any = None, **kwargs: Any) -> None:
+            if not state.is_world_process_zero:
+                return
+            backend = f", {dist.get_backend()} backend" if dist.is_initialized() else ""
+            engine = f"DeepSpeed ZeRO stage {args.deepspeed_plugin.zero_stage}" if args.deepspeed_plugin else "Trainer"
+            log.info("%s over %d process(es) (optimizer %s%s)", engine, args.world_size, type(getattr(optimizer, "optimizer", optimizer)).__name__, backend)
+
+    return EngineReport()

@@ -48,7 +48,9 @@ def merge(ref: BaseModelRef, adapter_dir: Path, out_dir: Path, dtype: str) -> No
     for eos in base_eos if isinstance(base_eos, list) else [base_eos, tokenizer.eos_token_id]:
         if eos is not None and eos not in end_ids:
             end_ids.append(eos)
-    generation = GenerationConfig.from_model_config(merged.config) if base.generation_config is None else base.generation_config
+    generation = (
+        GenerationConfig.from_model_config(merged.config) if base.generation_config is None else base.generation_config
+    )
     generation.eos_token_id = end_ids
     generation.pad_token_id = tokenizer.pad_token_id
 

@@ -313,3 +313,45 @@ def _coerce(hint: Any, value: Any, file: str, key: str) -> Any:
         if isinstance(value, str):
             return value
     raise ParamsError(f"{file}: {key}: expected {getattr(hint, '__name__', hint)}, got {value!r}")
+
+
+def params_table(path: str | Path = PARAMS_FILE) -> str:
+    """A markdown table of every param in params.yaml: key path, value, and the comment beside it.
+
+    README.md's parameter table is this output, so the documentation is the file's own comments.
+    """
+    import re
+
+    rows, stack = [], []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        match = re.match(r"^( *)([A-Za-z_][A-Za-z0-9_]*):(.*)$", line)
+        if not match:
+            continue
+        depth, key, rest = len(match[1]) // 2, match[2], match[3]
+        stack = [*stack[:depth], key]
+        value, _, comment = rest.partition(" #")
+        if value.strip() or comment.strip():
+            cell = value.strip().replace("|", r"\|") or "(list below)"
+            meaning = comment.strip().replace("|", r"\|")
+            rows.append(f"| `{'.'.join(stack)}` | `{cell}` | {meaning} |")
+    return "\n".join(["| param | default | meaning |", "|---|---|---|", *rows])
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Validate params.yaml, or print its parameter table.")
+    parser.add_argument("--file", type=Path, default=PARAMS_FILE)
+    parser.add_argument("--markdown", action="store_true", help="print the README parameter table")
+    args = parser.parse_args(argv)
+    try:
+        load_params(args.file)
+    except ParamsError as err:
+        print(f"params: error: {err}")
+        return 2
+    print(params_table(args.file) if args.markdown else f"{args.file}: ok")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

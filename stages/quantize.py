@@ -82,7 +82,11 @@ def check_types(path: Path, qtype: str, max_fallback_share: float) -> dict[str, 
             f"{path}: {fallback} of {sum(matrices.values())} weight matrices are not {'/'.join(sorted(expected))} "
             f"({dict(matrices)}); llama.cpp fell back from {qtype} — are hidden/intermediate sizes multiples of 256?"
         )
-    return {"tensor_types": dict(sorted(every.items())), "fallback_share": round(share, 6), "bytes": path.stat().st_size}
+    return {
+        "tensor_types": dict(sorted(every.items())),
+        "fallback_share": round(share, 6),
+        "bytes": path.stat().st_size,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

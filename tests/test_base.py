@@ -100,7 +100,12 @@ def test_base_ref_points_at_the_local_dir_for_tiny(tmp_path):
 
 
 def test_hub_ref_loads_the_pinned_revision_with_safetensors(tmp_path):
-    info = {"model": "Qwen/Qwen2.5-7B-Instruct", "revision": "a" * 40, "path": "/cache/snap", "trust_remote_code": False}
+    info = {
+        "model": "Qwen/Qwen2.5-7B-Instruct",
+        "revision": "a" * 40,
+        "path": "/cache/snap",
+        "trust_remote_code": False,
+    }
     (tmp_path / "base.json").write_text(json.dumps(info))
     kwargs = read_base_ref(tmp_path).from_pretrained_kwargs()
     assert kwargs == {"trust_remote_code": False, "use_safetensors": True, "revision": "a" * 40}

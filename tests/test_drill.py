@@ -45,7 +45,9 @@ def test_shipped_drill_files_regenerate_byte_for_byte(tmp_path):
 
 def test_drill_questions_are_unique_and_sft_and_pairs_disjoint():
     sft = [json.loads(line) for line in (REPO / "data/raw/sft_drill.jsonl").read_text(encoding="utf-8").splitlines()]
-    pairs = [json.loads(line) for line in (REPO / "data/raw/preference_drill.jsonl").read_text(encoding="utf-8").splitlines()]
+    pairs = [
+        json.loads(line) for line in (REPO / "data/raw/preference_drill.jsonl").read_text(encoding="utf-8").splitlines()
+    ]
     questions = [r["question"] for r in sft]
     assert len(questions) == len(set(questions)) == 600
     assert not set(questions) & {p["instruction"] for p in pairs}

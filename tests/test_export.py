@@ -41,8 +41,17 @@ def test_merged_generation_config_stops_at_the_chat_end_token(merged_dir):
 
 def test_standalone_merge_cli_as_in_the_guide(pipeline_repo, tmp_path):
     out = tmp_path / "merged_model"
-    cmd = [str(BIN / "python"), "-m", "stages.merge", "--adapter", "models/sft", "--base", "models/base",
-           "--output", str(out)]
+    cmd = [
+        str(BIN / "python"),
+        "-m",
+        "stages.merge",
+        "--adapter",
+        "models/sft",
+        "--base",
+        "models/base",
+        "--output",
+        str(out),
+    ]
     run(cmd, cwd=pipeline_repo)
     assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
 
@@ -91,8 +100,9 @@ def test_token_parity_fails_when_tokenizer_files_are_missing(pipeline_repo, merg
 def test_logit_parity_fails_against_a_different_model(pipeline_repo, f16_gguf):
     # The base model's logits are not the merged model's: the check must notice.
     with pytest.raises(gguf.ParityError, match="logits differ"):
-        gguf.check_parity(pipeline_repo / "models/base", f16_gguf, pipeline_repo / "data/prepared/sft_eval.jsonl",
-                          params())
+        gguf.check_parity(
+            pipeline_repo / "models/base", f16_gguf, pipeline_repo / "data/prepared/sft_eval.jsonl", params()
+        )
 
 
 def test_q4_k_m_histogram_matches_the_model_shape(pipeline_repo, q4_gguf):
@@ -142,5 +152,3 @@ def test_modelfile_points_at_the_quantized_file(pipeline_repo):
         pipeline_repo / "models/gguf/teachingassistant-q4_k_m.gguf"
     ).resolve()
     assert 'PARAMETER stop "<|im_end|>"' in modelfile
-
-
