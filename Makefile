@@ -50,7 +50,7 @@ $(TEST_STAMP): requirements-test.txt $(STAMP)
 	$(BIN)/pip install -q -r requirements-test.txt
 	touch $@
 
-report: $(STAMP)
+report: $(TEST_STAMP)
 	$(BIN)/python -m stages.report
 
 clean-venv:

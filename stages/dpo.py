@@ -24,8 +24,15 @@ from pathlib import Path
 from typing import Any
 
 from stages import launch
-from stages.models import BaseModelRef, copy_tokenizer_files, load_base_model, load_tokenizer, read_base_ref
-from stages.models import torch_dtype
+from stages.models import (
+    BASE_DIR,
+    BaseModelRef,
+    copy_tokenizer_files,
+    load_base_model,
+    load_tokenizer,
+    read_base_ref,
+    torch_dtype,
+)
 from stages.params import Dpo, ParamsError, load_params
 
 log = logging.getLogger("dpo")
@@ -54,12 +61,18 @@ def check(params: Dpo) -> None:
 
     if params.precision == "fp16" and not torch.cuda.is_available():
         raise ParamsError("params.yaml: dpo.precision: fp16 needs a GPU; use fp32 or bf16 on CPU")
-    if params.num_processes > 1 and params.deepspeed_config and not Path(params.deepspeed_config).is_file():
-        raise ParamsError(f"params.yaml: dpo.deepspeed_config: {params.deepspeed_config}: file not found")
-    if params.ref_model and not Path(params.ref_model, "config.json").is_file() and not is_adapter(Path(params.ref_model)):
+    launch.check_deepspeed("dpo", params.num_processes, params.deepspeed_config)
+    ref_model = Path(params.ref_model)
+    if params.ref_model and not (ref_model / "config.json").is_file() and not is_adapter(ref_model):
         raise ParamsError(f"params.yaml: dpo.ref_model: {params.ref_model}: not a model or adapter directory")
     if not SFT_DIR.is_dir():
         raise FileNotFoundError(f"{SFT_DIR}: missing; run `dvc repro sft` first")
+
+
+def fingerprint(params: Dpo) -> dict[str, Any]:
+    inputs = [TRAIN_FILE, EVAL_FILE, Path(params.deepspeed_config), *sorted(BASE_DIR.glob("*"))]
+    inputs += sorted(SFT_DIR.glob("*.safetensors"))
+    return launch.run_fingerprint({"dpo": dataclasses.asdict(params)}, inputs)
 
 
 def load_policy(ref: BaseModelRef, params: Dpo) -> Any:
@@ -106,8 +119,8 @@ def dpo_config(params: Dpo, checkpoint_dir: Path) -> Any:
         lr_scheduler_type=params.lr_scheduler_type,
         max_grad_norm=params.max_grad_norm,
         max_length=params.max_length,
-        gradient_checkpointing=params.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if params.gradient_checkpointing else None,
+        activation_checkpointing=params.gradient_checkpointing,  # transformers 5 name of gradient checkpointing
+        activation_checkpointing_kwargs={"use_reentrant": False} if params.gradient_checkpointing else None,
         bf16=params.precision == "bf16",
         fp16=params.precision == "fp16",
         eval_strategy="steps",
@@ -157,9 +170,8 @@ def train(
         log.info("Resuming from %s", resume_from.name)
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     state = trainer.state
-    last_eval = next((entry for entry in reversed(state.log_history) if "eval_loss" in entry), {})
-    metrics = last_eval if last_eval.get("step") == state.global_step else trainer.evaluate()
-    metrics["global_step"] = state.global_step
+    last_eval = next(entry for entry in reversed(state.log_history) if "eval_loss" in entry)  # the last step's
+    metrics = {**last_eval, "global_step": state.global_step}
     if trainer.is_world_process_zero():
         model = trainer.model
         if is_adapter(SFT_DIR):
@@ -180,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         params = load_params().dpo
         if not launch.launched():
             check(params)
+            launch.prepare_resume(CHECKPOINT_DIR, fingerprint(params))
             if params.num_processes > 1:
                 return launch.relaunch("stages.dpo", params.num_processes)
         metrics = train(params)

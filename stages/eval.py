@@ -495,7 +495,11 @@ def apply_gates(report: dict[str, Any], params: Eval) -> None:
         raise GateFailed(f"{len(failures)} eval gate(s) failed (eval.gate_action: fail): " + "; ".join(failures))
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     started = time.perf_counter()
     try:

@@ -119,6 +119,9 @@ def build_report(
     parts += ["", "### Params", "", diff_table("params", base, target, show_all) or "No param changed."]
     parts += ["", "### Plots", ""]
     plots = changed_plots(base, target)
+    if plots_dir is not None:
+        for stale in plots_dir.glob("*.png"):  # images of an earlier report must not be mistaken for this one's
+            stale.unlink()
     if not plots:
         parts.append("No plot changed.")
     for plot_id, spec in plots.items():

@@ -24,8 +24,15 @@ from pathlib import Path
 from typing import Any
 
 from stages import chat, launch
-from stages.models import BaseModelRef, copy_tokenizer_files, load_base_model, load_tokenizer, read_base_ref
-from stages.models import torch_dtype
+from stages.models import (
+    BASE_DIR,
+    BaseModelRef,
+    copy_tokenizer_files,
+    load_base_model,
+    load_tokenizer,
+    read_base_ref,
+    torch_dtype,
+)
 from stages.params import ParamsError, Sft, load_params
 
 log = logging.getLogger("sft")
@@ -42,13 +49,6 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 def read_conversations(path: Path) -> list[list[dict[str, str]]]:
     with path.open(encoding="utf-8") as f:
         return [json.loads(line)["messages"] for line in f if line.strip()]
-
-
-def zero_stage(params: Sft) -> int:
-    """The ZeRO stage this run trains with: 0 unless several processes run under a DeepSpeed config."""
-    if params.num_processes <= 1 or not params.deepspeed_config:
-        return 0
-    return int(json.loads(Path(params.deepspeed_config).read_text())["zero_optimization"]["stage"])
 
 
 def check(params: Sft, ref: BaseModelRef) -> None:
@@ -68,8 +68,7 @@ def check(params: Sft, ref: BaseModelRef) -> None:
             f"{where}.save_steps: {params.save_steps} must be a positive multiple of sft.eval_steps "
             f"({params.eval_steps}) with early stopping on: the best checkpoint is kept and loaded at the end"
         )
-    if params.num_processes > 1 and params.deepspeed_config and not Path(params.deepspeed_config).is_file():
-        raise ParamsError(f"{where}.deepspeed_config: {params.deepspeed_config}: file not found")
+    launch.check_deepspeed("sft", params.num_processes, params.deepspeed_config)
     check_memory(params, ref)
 
 
@@ -95,7 +94,7 @@ def check_memory(params: Sft, ref: BaseModelRef) -> None:
         precision=params.precision,
         seq_len=params.max_seq_len,
         batch_size=params.per_device_train_batch_size,
-        zero_stage=zero_stage(params),
+        zero_stage=launch.zero_stage(params.num_processes, params.deepspeed_config),
         num_gpus=params.num_processes,
         gradient_checkpointing=params.gradient_checkpointing,
         lora_r=params.lora.r,
@@ -111,6 +110,11 @@ def check_memory(params: Sft, ref: BaseModelRef) -> None:
             "sft.gradient_checkpointing: true, a smaller sft.per_device_train_batch_size or max_seq_len, "
             "or more sft.num_processes with ZeRO (see `python -m stages.estimate --help`)"
         )
+
+
+def fingerprint(params: Sft, lr: float) -> dict[str, Any]:
+    inputs = [TRAIN_FILE, EVAL_FILE, Path(params.deepspeed_config), *sorted(BASE_DIR.glob("*"))]
+    return launch.run_fingerprint({"lr": lr, "sft": dataclasses.asdict(params)}, inputs)
 
 
 def lora_config(params: Sft) -> Any:
@@ -160,12 +164,14 @@ def sft_config(params: Sft, lr: float, checkpoint_dir: Path) -> Any:
         lr_scheduler_type=params.lr_scheduler_type,
         weight_decay=params.weight_decay,
         max_grad_norm=params.max_grad_norm,
-        max_length=params.max_seq_len,
+        # Padding-free batches without packing cannot truncate; prepare already dropped the samples longer
+        # than prepare.max_tokens (<= sft.max_seq_len), so none needs it.
+        max_length=None if params.padding_free and not params.packing else params.max_seq_len,
         assistant_only_loss=True,
         packing=params.packing,
         padding_free=params.padding_free,
-        gradient_checkpointing=params.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if params.gradient_checkpointing else None,
+        activation_checkpointing=params.gradient_checkpointing,  # transformers 5 name of gradient checkpointing
+        activation_checkpointing_kwargs={"use_reentrant": False} if params.gradient_checkpointing else None,
         train_sampling_strategy=params.train_sampling_strategy,
         bf16=params.precision == "bf16",
         fp16=params.precision == "fp16",
@@ -228,14 +234,12 @@ def train(
         log.info("Resuming from %s", resume_from.name)
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     state = trainer.state
-    if params.early_stopping_patience > 0:
-        metrics = {"eval_loss": state.best_metric, "best_step": state.best_global_step}
-        log.info("best eval loss %.4f at step %d (stopped at step %d)", state.best_metric, state.best_global_step, state.global_step)
-    else:
-        # The last eval step may not fall on the last step; evaluate the final model once more if not.
-        last_eval = next((entry for entry in reversed(state.log_history) if "eval_loss" in entry), {})
-        metrics = last_eval if last_eval.get("step") == state.global_step else trainer.evaluate()
-    metrics["global_step"] = state.global_step
+    if params.early_stopping_patience > 0:  # the best checkpoint was loaded back
+        log.info("best eval loss %.4f at step %d of %d", state.best_metric, state.best_global_step, state.global_step)
+        metrics = {"eval_loss": state.best_metric, "global_step": state.global_step}
+    else:  # the Trainer evaluates the last step too
+        last_eval = next(entry for entry in reversed(state.log_history) if "eval_loss" in entry)
+        metrics = {**last_eval, "global_step": state.global_step}
     if trainer.is_world_process_zero():
         trainer.model.save_pretrained(str(out_dir), safe_serialization=True)
         copy_tokenizer_files(ref.name_or_path, out_dir)
@@ -252,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         params = load_params()
         if not launch.launched():
             check(params.sft, read_base_ref())
+            launch.prepare_resume(CHECKPOINT_DIR, fingerprint(params.sft, params.lr))
             if params.sft.num_processes > 1:
                 return launch.relaunch("stages.sft", params.sft.num_processes)
         metrics = train(params.sft, params.lr)

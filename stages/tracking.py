@@ -33,8 +33,9 @@ def dvclive_callbacks(live_dir: Path, params: dict[str, Any], resume_step: int |
     so dvcyaml=False. `resume_step`: the global step of the checkpoint the run resumes from."""
     if rank() != 0:
         return []
-    from dvclive import Live
     from transformers.integrations import DVCLiveCallback
+
+    from dvclive import Live
 
     class StepAlignedDVCLive(DVCLiveCallback):
         def setup(self, args: Any, state: Any, model: Any) -> None:

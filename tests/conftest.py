@@ -33,7 +33,7 @@ def copy_repo(dest: Path) -> Path:
         target = dest / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO / rel, target)
-    for generated in ("dvc.lock", "metrics"):  # a clone of main may carry these; start from scratch
+    for generated in ("dvc.lock", "metrics", "dvclive"):  # main carries the last run; start from scratch
         path = dest / generated
         if path.is_dir():
             shutil.rmtree(path)

@@ -5,12 +5,15 @@
   experiment shows up in `dvc exp show --json` with lr beside its metrics; `exp diff`, `exp branch`
   and `exp apply` work on it.
 - A grid queued with `--queue -S lr=1e-3,2e-3` and run by `dvc queue start -j 1` yields two experiments.
-  To keep CI short the grid targets the `sft` stage and trains a fraction of an epoch
-  (`-S sft.num_epochs=0.1`): queueing, running and recording are what is under test here.
+  To keep CI short the grid targets the `sft` stage and trains a few steps (`-S sft.max_steps=12`, or
+  `-S sft.num_epochs=0.1` while params.yaml has no `sft.max_steps`): queueing, running and recording
+  are what is under test here.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import time
 from collections.abc import Iterator
@@ -24,7 +27,6 @@ from test_remote import assert_status_clean, clone_with_results
 
 DVC = str(BIN / "dvc")
 AFTER_SFT = ["sft", "dpo", "merge", "gguf", "quantize", "eval"]
-GRID_EPOCHS = "0.1"
 
 
 def lock_outs(repo: Path) -> dict[str, dict[str, str]]:
@@ -63,6 +65,11 @@ def params_lr(repo: Path) -> float:
     return float(yaml.safe_load((repo / "params.yaml").read_text(encoding="utf-8"))["lr"])
 
 
+def committed_lr(repo: Path) -> float:
+    """lr in params.yaml at HEAD: the baseline every experiment here starts from."""
+    return float(yaml.safe_load(run(["git", "show", "HEAD:params.yaml"], cwd=repo).stdout)["lr"])
+
+
 @pytest.fixture(scope="module")
 def lr_experiment(pipeline_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, dict, str]:
     """`dvc exp run -S lr=1e-4`, exactly as a user types it: (clone, dvc.lock outs before, after, output)."""
@@ -92,12 +99,43 @@ def test_exp_show_lists_lr_beside_metrics(lr_experiment: tuple[Path, dict, dict,
     assert isinstance(metrics["dvclive/sft/metrics.json"]["eval"]["loss"], float)
 
 
+# The README's `dvc exp show` for comparing runs (--keep matches the start of a column name).
+USEFUL_COLUMNS = (
+    r"Experiment|lr|sft\.method|sft\.lora\.r|dpo\.beta|.*eval\.loss|task\.(sft|dpo|gguf_q4_k_m)|.*ppl_ratio"
+)
+
+
+def test_exp_show_useful_columns(lr_experiment: tuple[Path, dict, dict, str]) -> None:
+    repo = lr_experiment[0]
+    shown = run([DVC, "exp", "show", "--csv", "--drop", ".*", "--keep", USEFUL_COLUMNS], cwd=repo).stdout
+    rows = list(csv.DictReader(io.StringIO(shown)))
+    assert set(rows[0]) == {
+        "Experiment",
+        "lr",
+        "sft.method",
+        "sft.lora.r",
+        "dpo.beta",
+        "dvclive/sft/metrics.json:eval.loss",
+        "dvclive/dpo/metrics.json:eval.loss",
+        "task.sft",
+        "task.dpo",
+        "task.gguf_q4_k_m",
+        "quantization.q4_k_m_vs_f16_ppl_ratio",
+    }
+    exp = next(row for row in rows if row["Experiment"] and float(row["lr"]) == 1e-4)
+    params = yaml.safe_load((repo / "params.yaml").read_text(encoding="utf-8"))
+    assert exp["sft.method"] == params["sft"]["method"] and int(exp["sft.lora.r"]) == params["sft"]["lora"]["r"]
+    assert 0 <= float(exp["task.gguf_q4_k_m"]) <= 1
+    assert float(exp["quantization.q4_k_m_vs_f16_ppl_ratio"]) > 0.5
+    assert float(exp["dvclive/sft/metrics.json:eval.loss"]) > 0
+
+
 def test_exp_diff_and_branch(lr_experiment: tuple[Path, dict, dict, str]) -> None:
     repo = lr_experiment[0]
     name = next(e["name"] for e in experiments(repo) if float(e["params"].get("lr", 0)) == 1e-4)
     diff = json.loads(run([DVC, "exp", "diff", "HEAD", name, "--json"], cwd=repo).stdout)
     lr = diff["params"]["params.yaml"]["lr"]
-    assert float(lr["old"]) == 2e-3 and float(lr["new"]) == 1e-4
+    assert float(lr["old"]) == committed_lr(repo) and float(lr["new"]) == 1e-4
     assert "dvclive/sft/metrics.json" in diff["metrics"]
     run([DVC, "exp", "branch", name, "lr-1e-4"], cwd=repo)
     on_branch = yaml.safe_load(run(["git", "show", "lr-1e-4:params.yaml"], cwd=repo).stdout)
@@ -113,7 +151,7 @@ def test_exp_apply_restores_the_experiment(lr_experiment: tuple[Path, dict, dict
     name = next(e["name"] for e in experiments(repo) if float(e["params"].get("lr", 0)) == 1e-4)
     run(["git", "reset", "-q", "--hard"], cwd=repo)
     run([DVC, "checkout", "-q", "--force"], cwd=repo)
-    assert params_lr(repo) == 2e-3
+    assert params_lr(repo) == committed_lr(repo) != 1e-4
     run([DVC, "exp", "apply", name], cwd=repo)
     assert params_lr(repo) == 1e-4
     assert lock_outs(repo)["sft"] == lr_experiment[2]["sft"]
@@ -137,18 +175,22 @@ def grid_repo(pipeline_repo: Path, tmp_path: Path) -> Iterator[Path]:
     run([DVC, "queue", "stop", "--kill"], cwd=repo)
 
 
+def short_sft(repo: Path) -> tuple[str, str]:
+    """An override that makes an SFT run a few steps long, with a key params.yaml already has."""
+    sft = yaml.safe_load((repo / "params.yaml").read_text(encoding="utf-8"))["sft"]
+    return ("max_steps", "12") if "max_steps" in sft else ("num_epochs", "0.1")
+
+
 def test_queued_grid_runs_both_experiments(grid_repo: Path) -> None:
-    run(
-        [DVC, "exp", "run", "--queue", "-S", "lr=1e-3,2e-3", "-S", f"sft.num_epochs={GRID_EPOCHS}", "sft"],
-        cwd=grid_repo,
-    )
+    key, value = short_sft(grid_repo)
+    run([DVC, "exp", "run", "--queue", "-S", "lr=1e-3,2e-3", "-S", f"sft.{key}={value}", "sft"], cwd=grid_repo)
     queued = run([DVC, "queue", "status"], cwd=grid_repo).stdout
     assert queued.count("Queued") == 2, queued
     run([DVC, "queue", "start", "-j", "1"], cwd=grid_repo)
     status = wait_for_queue(grid_repo)
     assert status.count("Success") == 2, status
-    grid = [e for e in experiments(grid_repo) if float(e["params"]["sft"]["num_epochs"]) == float(GRID_EPOCHS)]
+    grid = [e for e in experiments(grid_repo) if float(e["params"]["sft"][key]) == float(value)]
     assert sorted(float(e["params"]["lr"]) for e in grid) == [1e-3, 2e-3]
     for exp in grid:
-        assert exp["metrics"].get("dvclive/sft/metrics.json", {}).get("loss"), exp
-    assert params_lr(grid_repo) == 2e-3, "queued experiments leave the workspace alone"
+        assert exp["metrics"]["dvclive/sft/metrics.json"]["train"]["loss"] > 0, exp  # the trainer's final summary
+    assert params_lr(grid_repo) == committed_lr(grid_repo), "queued experiments leave the workspace alone"

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import BIN, run, tracked_files
 
 DVC = str(BIN / "dvc")
@@ -83,15 +84,39 @@ def results_clone(pipeline_repo: Path, tmp_path_factory: pytest.TempPathFactory)
     return clone_with_results(pipeline_repo, tmp_path_factory.mktemp("results") / "repo")
 
 
+def unpushed_outs(repo: Path) -> dict[str, str]:
+    """Outputs dvc.yaml marks `push: false` (cheap to rebuild, e.g. merged weights) -> their stage."""
+    stages = yaml.safe_load((repo / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
+    return {
+        path: name
+        for name, stage in stages.items()
+        for out in stage.get("outs", [])
+        if isinstance(out, dict)
+        for path, flags in out.items()
+        if (flags or {}).get("push") is False
+    }
+
+
 def round_trip(source: Path, remote: str, dest: Path, local_config: list[list[str]]) -> None:
-    """Push from `source`, clone it to `dest`, apply the per-clone `--local` settings, pull, compare."""
+    """Push from `source`, clone it to `dest`, apply the per-clone `--local` settings, pull, compare.
+    Outputs marked `push: false` are not on the remote: the colleague rebuilds them with `dvc repro`,
+    which must give the same bytes and rerun nothing else."""
     run([DVC, "push", "-r", remote], cwd=source)
     assert_remote_in_sync(source, remote)
     run(["git", "clone", "-q", str(source), str(dest)], cwd=dest.parent)
     for args in local_config:
         run([DVC, *args], cwd=dest)
     assert not (dest / "models").exists(), "a fresh clone has no model files before the pull"
-    run([DVC, "pull", "-r", remote], cwd=dest)
+    rebuilt = unpushed_outs(dest)
+    if rebuilt:
+        run([DVC, "pull", "-r", remote, "--allow-missing"], cwd=dest)
+        assert not any((dest / rel).exists() for rel in rebuilt), f"push: false outputs {rebuilt} were pulled"
+        result = run([DVC, "repro"], cwd=dest)
+        output = result.stdout + result.stderr
+        ran = {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")}
+        assert ran == set(rebuilt.values()), f"rebuilding {sorted(rebuilt)} reran {sorted(ran)}"
+    else:
+        run([DVC, "pull", "-r", remote], cwd=dest)
     for rel in MUST_ARRIVE:
         assert (dest / rel).is_file(), f"{rel} did not arrive"
     assert file_hashes(dest, "models") == file_hashes(source, "models")

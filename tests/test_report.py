@@ -142,3 +142,16 @@ def test_report_unknown_revision_is_a_one_line_error(two_commits: Path) -> None:
     assert result.returncode == 2
     assert result.stdout == ""
     assert result.stderr.count("\n") == 1 and "no-such-rev" in result.stderr
+
+
+def test_pr_workflow_posts_this_report_through_cml() -> None:
+    """The GitHub workflow runs the pipeline, then the same command as `make report`, then CML."""
+    import yaml
+
+    workflow = yaml.safe_load((REPO / ".github/workflows/pr-report.yml").read_text(encoding="utf-8"))
+    assert "pull_request" in workflow[True]  # YAML 1.1 reads the key `on` as True
+    steps = " \n".join(step.get("run", "") for step in workflow["jobs"]["report"]["steps"])
+    assert steps.index(".venv/bin/dvc repro") < steps.index("-m stages.report") < steps.index("cml comment")
+    assert "npm install -g @dvcorg/cml" in steps
+    assert "--out report/report.md" in steps and "cml comment update --watermark-title" in steps
+    assert workflow["permissions"]["pull-requests"] == "write"
