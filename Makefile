@@ -44,6 +44,8 @@ $(STAMP): requirements.txt $(VENV)/bin/python
 	  $(BIN)/pip download -q --no-deps --no-binary :all: -d $(SDIST_DIR) llama-cpp-python==$(LLAMA_CPP_VERSION)
 	$(BIN)/pip install -q -r requirements.txt --find-links $(SDIST_DIR)
 	$(BIN)/python -m stages.llama_cpp --sdist $(SDIST_DIR)/llama_cpp_python-$(LLAMA_CPP_VERSION).tar.gz
+	# DeepSpeed compiles its CPU shared-memory collective on first use (~1 min); build it once here
+	$(BIN)/python -c "from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder as B; B().load()"
 	touch $@
 
 $(TEST_STAMP): requirements-test.txt $(STAMP)

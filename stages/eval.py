@@ -211,6 +211,8 @@ def load_runtimes(params: Eval, n_ctx: int, pad_id: int) -> Iterator[tuple[str, 
     base_model, peft_model = None, None
     for name in [name for name in ARTIFACTS if name in params.artifacts]:
         kind, path = ARTIFACTS[name]
+        if kind == "peft" and not (path / "adapter_config.json").is_file():
+            kind = "merged"  # sft.method: full — models/sft and models/dpo are whole models
         if kind == "llama_cpp":
             runtime = LlamaCppRuntime(path, n_ctx, params.n_threads)
             yield name, runtime

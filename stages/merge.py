@@ -34,11 +34,15 @@ def merge(ref: BaseModelRef, adapter_dir: Path, out_dir: Path, dtype: str) -> No
 
     if dtype not in DTYPES:
         raise ParamsError(f"params.yaml: merge.dtype: {dtype!r} is not one of {', '.join(DTYPES)}")
-    if not (adapter_dir / "adapter_config.json").is_file():
-        raise FileNotFoundError(f"{adapter_dir}/adapter_config.json: not found; is {adapter_dir} a PEFT adapter?")
-    # Merge in float32 whatever the target dtype: folding B·A into low-precision weights loses bits.
-    base = AutoModelForCausalLM.from_pretrained(ref.name_or_path, dtype=torch.float32, **ref.from_pretrained_kwargs())
-    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    if (adapter_dir / "adapter_config.json").is_file():
+        # Merge in float32 whatever the target dtype: folding B·A into low-precision weights loses bits.
+        kwargs = ref.from_pretrained_kwargs()
+        base = AutoModelForCausalLM.from_pretrained(ref.name_or_path, dtype=torch.float32, **kwargs)
+        merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    elif (adapter_dir / "config.json").is_file():  # sft.method: full — dpo wrote a whole model: nothing to fold
+        base = merged = AutoModelForCausalLM.from_pretrained(str(adapter_dir), dtype=torch.float32)
+    else:
+        raise FileNotFoundError(f"{adapter_dir}: neither a PEFT adapter (adapter_config.json) nor a model")
     merged = merged.to(getattr(torch, dtype))
 
     tokenizer_dir = adapter_dir if (adapter_dir / "tokenizer_config.json").is_file() else ref.name_or_path

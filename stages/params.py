@@ -35,7 +35,7 @@ class TinyModel:
     num_attention_heads: int = 4
     num_key_value_heads: int = 2
     max_position_embeddings: int = 1024
-    pretrain_steps: int = 150
+    pretrain_steps: int = 600
     pretrain_lr: float = 3.0e-3
     pretrain_batch_size: int = 8
     pretrain_seq_len: int = 128

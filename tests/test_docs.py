@@ -27,6 +27,14 @@ def test_readme_documents_every_param():
     assert not missing, f"params missing from README.md's parameter table: {missing}"
 
 
+def test_readme_parameter_table_is_generated_from_params_yaml():
+    from stages.params import params_table
+
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    block = readme.split("<!-- params-table:start -->\n", 1)[1].split("<!-- params-table:end -->", 1)[0]
+    assert block.strip() == params_table(REPO / "params.yaml").strip()
+
+
 def test_readme_shows_the_two_commands_first():
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     first_block = readme.split("```bash", 1)[1].split("```", 1)[0]
