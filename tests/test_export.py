@@ -56,9 +56,9 @@ def test_standalone_merge_cli_as_in_the_guide(pipeline_repo, tmp_path):
     assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
 
 
-def test_merge_refuses_a_dir_that_is_not_an_adapter(pipeline_repo, tmp_path):
+def test_merge_refuses_a_dir_that_is_neither_adapter_nor_model(pipeline_repo, tmp_path):
     ref = BaseModelRef(str(pipeline_repo / "models/base"), None, False)
-    with pytest.raises(FileNotFoundError, match="adapter_config.json: not found"):
+    with pytest.raises(FileNotFoundError, match="neither a PEFT adapter"):
         merge.merge(ref, tmp_path, tmp_path / "out", "float32")
 
 
