@@ -99,14 +99,18 @@ def test_exp_show_lists_lr_beside_metrics(lr_experiment: tuple[Path, dict, dict,
     assert isinstance(metrics["dvclive/sft/metrics.json"]["eval"]["loss"], float)
 
 
-# The README's `dvc exp show` for comparing runs (--keep matches the start of a column name).
+# The README's `dvc exp show` for comparing runs (--keep matches the start of a column name). Not `.*ppl_ratio`:
+# that would also keep the eval gate param eval.max_q4_k_m_vs_f16_ppl_ratio.
 USEFUL_COLUMNS = (
-    r"Experiment|lr|sft\.method|sft\.lora\.r|dpo\.beta|.*eval\.loss|task\.(sft|dpo|gguf_q4_k_m)|.*ppl_ratio"
+    r"Experiment|lr|sft\.method|sft\.lora\.r|dpo\.beta|.*eval\.loss|task\.(sft|dpo|gguf_q4_k_m)"
+    r"|quantization\..*ppl_ratio"
 )
 
 
 def test_exp_show_useful_columns(lr_experiment: tuple[Path, dict, dict, str]) -> None:
     repo = lr_experiment[0]
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    assert f"--keep '{USEFUL_COLUMNS}'" in readme
     shown = run([DVC, "exp", "show", "--csv", "--drop", ".*", "--keep", USEFUL_COLUMNS], cwd=repo).stdout
     rows = list(csv.DictReader(io.StringIO(shown)))
     assert set(rows[0]) == {
