@@ -31,7 +31,6 @@ from stages.models import (
     load_base_model,
     load_tokenizer,
     read_base_ref,
-    save_trained,
     torch_dtype,
 )
 from stages.params import Dpo, ParamsError, load_params
@@ -176,9 +175,9 @@ def train(
     if trainer.is_world_process_zero():
         model = trainer.model
         if is_adapter(SFT_DIR):
-            save_trained(model, out_dir, selected_adapters=["default"])
+            model.save_pretrained(str(out_dir), selected_adapters=["default"], safe_serialization=True)
         else:
-            save_trained(model, out_dir)
+            model.save_pretrained(str(out_dir), safe_serialization=True)
         copy_tokenizer_files(SFT_DIR, out_dir)
         launch.clear_checkpoints(checkpoint_dir)
     return metrics

@@ -140,8 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     METRICS_FILE.parent.mkdir(parents=True, exist_ok=True)
     METRICS_FILE.write_text(json.dumps(parity, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     log.info(
-        "wrote %s; token ids identical on %d probe texts, logits max |Δ| %s",
+        "wrote %s; token parity %d/%d texts, logits max |Δ| %s",
         outfile,
+        parity["token_parity"]["texts"],
         parity["token_parity"]["texts"],
         parity["logit_parity"]["max_abs_diff"],
     )

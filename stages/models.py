@@ -63,19 +63,6 @@ def copy_tokenizer_files(src: str | Path, dst: Path) -> None:
             shutil.copyfile(Path(src) / name, dst / name)
 
 
-def save_trained(model: Any, out_dir: Path, **kwargs: Any) -> None:
-    """`save_pretrained` as safetensors, with a byte-stable adapter_config.json: PEFT writes the modules
-    that `all-linear` expands to from a Python set, whose order changes with the interpreter's hash seed,
-    so two identical runs would otherwise give different files (and different DVC hashes)."""
-    model.save_pretrained(str(out_dir), safe_serialization=True, **kwargs)
-    config_file = Path(out_dir) / "adapter_config.json"
-    if config_file.is_file():
-        config = json.loads(config_file.read_text(encoding="utf-8"))
-        if isinstance(config.get("target_modules"), list):
-            config["target_modules"] = sorted(config["target_modules"])
-        config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-
-
 def torch_dtype(precision: str) -> Any:
     import torch
 
@@ -91,10 +78,12 @@ def load_tokenizer(path: str | Path, ref: BaseModelRef | None = None) -> Any:
     """
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-    if (Path(path) / "tokenizer.json").is_file():
-        return PreTrainedTokenizerFast.from_pretrained(str(path))
     kwargs = ref.from_pretrained_kwargs() if ref else {}
     kwargs.pop("use_safetensors", None)
+    if ref is None and (Path(path) / "tokenizer.json").is_file():
+        return PreTrainedTokenizerFast.from_pretrained(str(path))
+    if ref is not None and Path(ref.name_or_path, "tokenizer.json").is_file():
+        return PreTrainedTokenizerFast.from_pretrained(ref.name_or_path)
     return AutoTokenizer.from_pretrained(str(path), **kwargs)
 
 
