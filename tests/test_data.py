@@ -219,5 +219,8 @@ def test_alpaca_and_guide_pair_targets() -> None:
 def test_write_jsonl_is_utf8_one_object_per_line(tmp_path: Path) -> None:
     path = tmp_path / "out" / "rows.jsonl"
     assert write_jsonl(path, [{"a": "中文"}, {"b": 1}]) == 2
-    assert path.read_bytes() == '{"a": "中文"}\n{"b": 1}\n'.encode()
+    assert path.read_bytes() == '{"a":"中文"}\n{"b":1}\n'.encode()
     assert [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()] == [{"a": "中文"}, {"b": 1}]
+    # A lone surrogate (valid as a JSON escape, not as UTF-8) is written escaped, not lost.
+    write_jsonl(path, [{"a": "\ud800x"}])
+    assert path.read_bytes() == b'{"a":"\\ud800x"}\n'

@@ -411,17 +411,19 @@ def test_two_worker_processes_give_the_same_files_as_one(
 
 
 def test_first_seen_remembers_keys_across_flushes() -> None:
+    import numpy as np
+
     from stages.filters import FirstSeen
 
     seen = FirstSeen()
-    for key in range(60_000):  # past the flush threshold, so the numpy arrays are used
-        seen.add(key * 7 + 2**63, key)
+    keys = np.arange(60_000, dtype=np.uint64) * np.uint64(7) + np.uint64(2**63)
+    for start in range(0, 60_000, 2000):  # past the flush threshold, so the numpy arrays are used
+        seen.add(keys[start : start + 2000], np.arange(start, start + 2000))
     seen.flush()
     assert len(seen.keys) == 60_000 and not seen.recent
-    seen.add(5, 99)
-    hits = seen.prefetch([7 * 123 + 2**63, 5, 8])
-    assert hits == {7 * 123 + 2**63: 123}
-    assert seen.get(5, hits) == 99 and seen.get(8, hits) is None
+    seen.add(np.array([5], dtype=np.uint64), np.array([99]))
+    found = seen.find(np.array([7 * 123 + 2**63, 5, 8, 7 * 60_000 + 2**63], dtype=np.uint64))
+    assert found.tolist() == [123, 99, -1, -1]
 
 
 def test_params_out_of_range_are_named(tmp_path: Path) -> None:
@@ -451,3 +453,73 @@ def test_params_yaml_takes_plain_paths_and_mapped_hub_sources(tmp_path: Path) ->
     path.write_text("prepare:\n  sft_sources:\n    - hub: x\n      colums: {}\n", encoding="utf-8")
     with pytest.raises(ParamsError, match="colums"):
         load_params(path)
+
+
+def reference_duplicates(lines: list[str], near: tuple[int, int, int]) -> dict[int, str]:
+    """Line -> duplicate | near_duplicate, decided the plain way: row by row, against every earlier kept
+    row's id and LSH bands (what the chunked, vectorised SetDecisions must reproduce)."""
+    from stages import filters
+    from stages.data import normalise
+
+    ids: set[str] = set()
+    bands: set[int] = set()
+    verdicts = {}
+    for line_no, line in enumerate(lines, start=1):
+        content = filters.content_text(normalise(json.loads(line), "qa"))
+        row_bands = set(filters.band_hashes(content, *near))
+        if filters.row_id(content) in ids:
+            verdicts[line_no] = "duplicate"
+        elif row_bands & bands:
+            verdicts[line_no] = "near_duplicate"
+        else:
+            ids.add(filters.row_id(content))
+            bands |= row_bands
+    return verdicts
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(picks=st.lists(st.tuples(st.integers(0, 5), st.integers(0, 3)), min_size=5, max_size=60))
+def test_chunked_duplicate_decisions_match_the_row_by_row_reference(
+    picks: list[tuple[int, int]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Exact copies, spacing variants, one-character edits and fresh rows, mixed at random; chunks of 4
+    rows (duplicates across chunks and within one) decide exactly what the row-by-row reference does."""
+    bases = [f"第{i}题：{GOOD_ANSWER}" for i in range(6)]
+    variants = [
+        lambda t: t,
+        lambda t: "  " + t.replace("，", ", "),
+        lambda t: t.replace("氧气的过程", "氧气的反应"),
+        lambda t: t + "。另外" + t[: len(t) // 3],
+    ]
+    lines = [qa(GOOD_QUESTION, variants[v](bases[b])) for b, v in picks]
+    expected = reference_duplicates(lines, (64, *filters_bands()))
+    monkeypatch.setattr(prepare, "CHUNK_ROWS", 4)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "raw.jsonl"
+        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        run_cli([path], Path(tmp) / "out.jsonl", near_dup_threshold=0.8, near_dup_num_perm=64)
+        rejects = read_jsonl(Path(tmp) / "out.rejects.jsonl")
+    assert {int(r["source"].rsplit(":", 1)[1]): r["reason"] for r in rejects} == expected
+
+
+def filters_bands() -> tuple[int, int]:
+    from stages import filters
+
+    return filters.lsh_bands(0.8, 64)
+
+
+def test_length_statistics_of_a_large_source_come_from_a_hash_sample(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lines = [qa(f"问题{i}：{GOOD_QUESTION}", GOOD_ANSWER + "很" * (i % 50)) for i in range(600)]
+    path = tmp_path / "raw.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    full = run_cli([path], tmp_path / "full.jsonl", near_dup_threshold=0)["diversity"]["tokens"]
+    assert full["counted_rows"] == 600  # under LENGTH_SAMPLE rows: every row counted
+    monkeypatch.setattr(prepare, "CHUNK_ROWS", 100)
+    monkeypatch.setattr(prepare, "LENGTH_SAMPLE", 100)  # about one row in six counted
+    sampled = run_cli([path], tmp_path / "sampled.jsonl", near_dup_threshold=0)["diversity"]["tokens"]
+    assert 50 < sampled["counted_rows"] < 160
+    assert sampled["mean"] == pytest.approx(full["mean"], rel=0.1)
+    assert abs(sampled["p50"] - full["p50"]) <= 5
+    assert (tmp_path / "full.jsonl").read_bytes() == (tmp_path / "sampled.jsonl").read_bytes()

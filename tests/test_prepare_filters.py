@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from stages import filters, prepare
 from stages.data import Sample
@@ -76,47 +78,84 @@ def test_eval_split_takes_about_the_fraction_and_never_moves() -> None:
 # ------------------------------------------------------------------------------------ tokenizer counter
 
 
-@pytest.fixture(scope="module")
-def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small SentencePiece-like BPE tokenizer with the ChatML template, saved like models/base."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, trainers
+CORPUS = [TEXT, "What is the derivative of x squared?", "解方程 2x + 5 = 17。", "你是教学助手。"] * 20
+KINDS = ("sentencepiece", "byte_level_nfc", "nfkc_whitespace")
+
+
+def build_tokenizer(kind: str, path: Path) -> Path:
+    """A small tokenizer saved like models/base, with the ChatML template. sentencepiece: the tiny base's
+    layout (Prepend + Replace normaliser, byte fallback); byte_level_nfc: Qwen2's (NFC, byte-level BPE);
+    nfkc_whitespace: a normaliser and pre-tokenizer the bounds do not cover (everything counted)."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     from stages.chat import CHATML_TEMPLATE, SPECIAL_TOKENS
 
-    tokenizer = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
-    tokenizer.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
-    tokenizer.decoder = decoders.ByteFallback()
-    corpus = [TEXT, "What is the derivative of x squared?", "解方程 2x + 5 = 17。", "你是教学助手。"] * 20
-    tokenizer.train_from_iterator(
-        corpus, trainers.BpeTrainer(vocab_size=400, special_tokens=["<unk>", *SPECIAL_TOKENS])
-    )
-    path = tmp_path_factory.mktemp("tok")
+    special = ["<unk>", *SPECIAL_TOKENS]
+    if kind == "sentencepiece":
+        tokenizer = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
+        tokenizer.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+        tokenizer.decoder = decoders.ByteFallback()
+        trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=special)
+    elif kind == "byte_level_nfc":
+        tokenizer = Tokenizer(models.BPE())
+        tokenizer.normalizer = normalizers.NFC()
+        tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tokenizer.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=600, special_tokens=special, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        )
+    else:
+        tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
+        tokenizer.normalizer = normalizers.NFKC()
+        tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+        trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=special)
+    tokenizer.train_from_iterator(CORPUS, trainer)
     PreTrainedTokenizerFast(
         tokenizer_object=tokenizer, unk_token="<unk>", chat_template=CHATML_TEMPLATE
     ).save_pretrained(str(path))
     return path
 
 
-def test_tokenizer_counter_counts_what_the_tokenizer_makes(tokenizer_dir: Path) -> None:
-    from transformers import AutoTokenizer
+@pytest.fixture(scope="module")
+def tokenizer_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return {kind: build_tokenizer(kind, tmp_path_factory.mktemp(kind)) for kind in KINDS}
 
-    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tokenizer_dirs: dict[str, Path]) -> Path:
+    return tokenizer_dirs["sentencepiece"]
+
+
+def exact_counts(tokenizer_dir: Path, messages: list[dict[str, str]]) -> tuple[int, int]:
+    """(tokens of the joined contents, tokens of the templated conversation), by transformers itself."""
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(str(tokenizer_dir))
+    templated = tokenizer.apply_chat_template(messages, tokenize=False)
+    plain = "\n".join(m["content"] for m in messages)
+    return (
+        len(tokenizer(plain, add_special_tokens=False)["input_ids"]),
+        len(tokenizer(templated, add_special_tokens=False)["input_ids"]),
+    )
+
+
+def test_tokenizer_counter_counts_what_the_tokenizer_makes(tokenizer_dir: Path) -> None:
     counter = prepare.TokenizerCounter(tokenizer_dir)
     messages = [
         {"role": "system", "content": "你是教学助手。"},
         {"role": "user", "content": "解方程 2x + 5 = 17。"},
         {"role": "assistant", "content": TEXT},
     ]
-    templated = tokenizer.apply_chat_template(messages, tokenize=False)
-    exact = len(tokenizer(templated, add_special_tokens=False)["input_ids"])
-    assert counter.count(TEXT) == len(tokenizer(TEXT, add_special_tokens=False)["input_ids"])
+    plain, exact = exact_counts(tokenizer_dir, messages)
+    text = "\n".join(m["content"] for m in messages)
+    assert counter.count(text) == plain
     assert counter.count_chat(messages) == exact
     assert counter.count_chat_over(messages, exact - 1) == exact
     assert counter.count_chat_over(messages, exact) is None
-    counter.prefill([TEXT], [messages])  # batch results are the same numbers
-    assert counter.count(TEXT) == len(tokenizer(TEXT, add_special_tokens=False)["input_ids"])
-    assert counter.count_chat_over(messages, exact - 1) == exact
+    counter.prefill([text])  # batch results are the same numbers
+    assert counter.count(text) == plain
+    assert counter.count_under(text, plain + 1) == plain and counter.count_under(text, plain) is None
 
 
 def test_unknown_characters_still_respect_the_byte_bound(tokenizer_dir: Path) -> None:
@@ -126,6 +165,65 @@ def test_unknown_characters_still_respect_the_byte_bound(tokenizer_dir: Path) ->
     exact = counter.count_chat(messages)
     for limit in range(exact - 3, exact + 3):
         assert counter.count_chat_over(messages, limit) == (exact if exact > limit else None)
+
+
+TEXTS = st.text(
+    alphabet=st.sampled_from(list("光合作用是绿色植物 the derivative of x 2+5=17。，？！\n\t　ＡＢ①ﬁ𝔘é") + ["\u0301"]),
+    max_size=120,
+)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(user=TEXTS, answer=TEXTS, slack=st.integers(-3, 3))
+def test_bounds_never_change_a_decision(
+    tokenizer_dirs: dict[str, Path], kind: str, user: str, answer: str, slack: int
+) -> None:
+    """Whatever the text, the bounds hold and every limit gives the answer exact counting gives."""
+    counter = counters(tokenizer_dirs)[kind]
+    messages = [{"role": "system", "content": "你是教学助手。"}, {"role": "user", "content": user}]
+    messages.append({"role": "assistant", "content": answer})
+    text = "\n".join(m["content"] for m in messages)
+    plain, templated = exact_counts(tokenizer_dirs[kind], messages)
+    assert counter.at_least(text) <= plain
+    most = counter.bounds.at_most(text)
+    assert most is None or plain <= most
+    for limit in (plain + slack, 10, 2048):
+        assert counter.count_under(text, limit) == (plain if plain < limit else None)
+    for limit in (templated + slack, 2048):
+        assert counter.count_chat_over(messages, limit) == (templated if templated > limit else None)
+
+
+_COUNTERS: dict[str, prepare.TokenizerCounter] = {}
+
+
+def counters(tokenizer_dirs: dict[str, Path]) -> dict[str, prepare.TokenizerCounter]:
+    if not _COUNTERS:
+        _COUNTERS.update({kind: prepare.TokenizerCounter(path) for kind, path in tokenizer_dirs.items()})
+    return _COUNTERS
+
+
+def test_bounds_spare_counting_only_for_the_normalisers_they_know(tokenizer_dirs: dict[str, Path]) -> None:
+    long_text = TEXT * 40  # the toy vocabulary learnt whole sentences: its longest piece is ~150 bytes
+    known = counters(tokenizer_dirs)
+    assert known["sentencepiece"].at_least(long_text) >= 10  # min_tokens decided without counting
+    assert known["byte_level_nfc"].at_least(long_text) >= 10
+    assert known["nfkc_whitespace"].at_least(long_text) == 0  # NFKC / Whitespace: always counted
+    assert known["nfkc_whitespace"].bounds.at_most(long_text) is None
+
+
+def test_template_skeleton_is_refused_when_a_content_is_repeated() -> None:
+    from stages.token_bounds import Skeletons
+
+    def chatml(messages: list[dict[str, str]]) -> str:
+        return "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
+
+    def echoing(messages: list[dict[str, str]]) -> str:  # repeats the last user turn
+        return chatml(messages) + messages[-1]["content"]
+
+    messages = [{"role": "user", "content": "hi"}]
+    assert Skeletons(chatml).text(messages) == "<|im_start|>user\n<|im_end|>\n"
+    assert Skeletons(echoing).text(messages) is None
 
 
 def test_missing_tokenizer_says_what_to_do(tmp_path: Path) -> None:

@@ -1,0 +1,152 @@
+"""Bounds on a tokenizer's token count that need no tokenizing, so prepare counts only the rows near a limit.
+
+Tokenizing is most of prepare's cost per row, yet almost every row is far from both limits: a few
+hundred tokens against min_tokens 10 and max_tokens 2048. Two facts give cheap, safe bounds from the
+UTF-8 length of the text after the tokenizer's normaliser:
+
+* upper: no subword model (BPE with or without byte fallback, WordPiece, Unigram, byte-level BPE) makes
+  more tokens than the normalised text has bytes, plus one prefix piece per stretch of text between
+  special tokens;
+* lower: for BPE, no token covers more bytes than the longest piece in the vocabulary (added tokens
+  included; an unknown character is at most 4 bytes), as long as unknown characters do not fuse into one
+  `<unk>` and the pre-tokenizer drops no text (Whitespace does); otherwise there is no lower bound.
+
+The normalised length is itself bounded from the raw text for the normalisers tokenizers commonly use:
+SentencePiece's Prepend "▁" and Replace " " -> "▁" (computed exactly from counts), NFC (at most 3x
+the bytes, at least 1/2). Any other normaliser gets no bounds, so every text is counted exactly.
+
+A chat-templated conversation's length is its contents plus the template's own text. `Skeletons`
+renders the template once per sequence of roles with placeholder contents and keeps the template text's
+length; a template that repeats, drops or rewrites a content is detected (two renders with different
+placeholders must agree) and gets no skeleton.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+Message = dict[str, str]
+
+
+@dataclass(frozen=True)
+class NormalizerBounds:
+    """Bounds on the normalised UTF-8 length from the raw text. `known` False: no bounds at all."""
+
+    known: bool
+    grow: float = 1.0  # normalised bytes <= grow * raw bytes + extra(text) + prepend bytes
+    shrink: float = 1.0  # normalised bytes >= shrink * raw bytes
+    prepend: int = 0  # bytes a Prepend normaliser adds to each segment
+    replaces: tuple[tuple[str, int], ...] = ()  # (pattern, bytes added per occurrence)
+
+    @classmethod
+    def of(cls, normalizer: dict[str, Any] | None) -> NormalizerBounds:
+        if normalizer is None:
+            return cls(True)
+        parts = normalizer["normalizers"] if normalizer.get("type") == "Sequence" else [normalizer]
+        grow, shrink, prepend, replaces = 1.0, 1.0, 0, []
+        for part in parts:
+            kind = part.get("type")
+            if kind == "Prepend":
+                prepend += len(part["prepend"].encode("utf-8"))
+            elif kind == "Replace" and "String" in part.get("pattern", {}):
+                pattern = part["pattern"]["String"]
+                delta = len(part["content"].encode("utf-8")) - len(pattern.encode("utf-8"))
+                if len(pattern) != 1 and delta > 0:  # counted in pieces of text, a longer one could straddle
+                    return cls(False)
+                if delta > 0:
+                    replaces.append((pattern, delta))
+                elif delta < 0:
+                    shrink *= len(part["content"].encode("utf-8")) / len(pattern.encode("utf-8"))
+            elif kind == "NFC":
+                grow, shrink = grow * 3, shrink / 2
+            else:  # NFKC (one character can become 18), Lowercase, Strip, BertNormalizer, Precompiled ...
+                return cls(False)
+        if replaces and grow != 1.0:  # counting patterns in the raw text assumes nothing changed it first
+            return cls(False)
+        return cls(True, grow, shrink, prepend, tuple(replaces))
+
+    def most_bytes(self, text: str, segments: int = 1) -> int | None:
+        if not self.known:
+            return None
+        raw = len(text.encode("utf-8"))
+        extra = sum(delta * text.count(pattern) for pattern, delta in self.replaces)
+        return math.ceil(self.grow * raw) + extra + self.prepend * segments
+
+    def fewest_bytes(self, text: str) -> int | None:
+        if not self.known:
+            return None
+        return math.floor(self.shrink * len(text.encode("utf-8")))
+
+
+@dataclass(frozen=True)
+class TokenBounds:
+    """Lower and upper bounds on the tokens of a text (no special tokens in it), from tokenizer.json."""
+
+    normalizer: NormalizerBounds
+    longest_piece: int | None  # bytes; None when a token can cover any number of bytes
+
+    @classmethod
+    def of(cls, tokenizer_json: str) -> TokenBounds:
+        spec = json.loads(tokenizer_json)
+        model = spec.get("model", {})
+        vocab = model.get("vocab", {})
+        pieces = list(vocab) if isinstance(vocab, dict) else [piece for piece, _ in vocab]
+        pieces += [token["content"] for token in spec.get("added_tokens", [])]
+        fuses_unknown = model.get("fuse_unk") and not model.get("byte_fallback")
+        bounded = model.get("type") == "BPE" and not fuses_unknown and _keeps_all_text(spec.get("pre_tokenizer"))
+        longest = max([4, *(len(p.encode("utf-8")) for p in pieces)]) if bounded else None
+        return cls(NormalizerBounds.of(spec.get("normalizer")), longest)
+
+    def at_least(self, text: str) -> int:
+        fewest = self.normalizer.fewest_bytes(text)
+        if fewest is None or self.longest_piece is None:
+            return 0
+        return math.ceil(fewest / self.longest_piece)
+
+    def at_most(self, text: str, segments: int = 1) -> int | None:
+        most = self.normalizer.most_bytes(text, segments)
+        return None if most is None else most + segments
+
+
+KEEPS_TEXT = {"Metaspace", "ByteLevel", "Digits", "Punctuation", "UnicodeScripts", "Split"}
+
+
+def _keeps_all_text(pre_tokenizer: dict[str, Any] | None) -> bool:
+    """Whether every byte of the normalised text ends up in some token (Whitespace drops spaces)."""
+    if pre_tokenizer is None:
+        return True
+    if pre_tokenizer.get("type") == "Sequence":
+        return all(_keeps_all_text(p) for p in pre_tokenizer["pretokenizers"])
+    kind = pre_tokenizer.get("type")
+    return kind in KEEPS_TEXT and not (kind == "Split" and pre_tokenizer.get("behavior") == "Removed")
+
+
+class Skeletons:
+    """The chat template's own text per sequence of roles, for an upper bound without rendering."""
+
+    def __init__(self, render: Any) -> None:
+        self.render = render  # list[Message] -> str, the tokenizer's apply_chat_template
+        self.known: dict[tuple[str, ...], str | None] = {}
+
+    def text(self, messages: list[Message]) -> str | None:
+        """The template's text around the contents (concatenated), or None if the template does not
+        place each content exactly once, unchanged."""
+        roles = tuple(m["role"] for m in messages)
+        if roles not in self.known:
+            self.known[roles] = self._skeleton(roles)
+        return self.known[roles]
+
+    def _skeleton(self, roles: tuple[str, ...]) -> str | None:
+        found = []
+        for width in (1, 7):
+            marks = [f"\ue000{'x' * width}{i}\ue001" for i in range(len(roles))]
+            rendered = self.render([{"role": r, "content": m} for r, m in zip(roles, marks, strict=True)])
+            if any(rendered.count(mark) != 1 for mark in marks):
+                return None
+            for mark in marks:
+                rendered = rendered.replace(mark, "")
+            found.append(rendered)
+        return found[0] if found[0] == found[1] else None
