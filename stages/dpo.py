@@ -31,6 +31,7 @@ from stages.models import (
     load_base_model,
     load_tokenizer,
     read_base_ref,
+    save_model,
     torch_dtype,
 )
 from stages.params import Dpo, ParamsError, load_params
@@ -175,9 +176,9 @@ def train(
     if trainer.is_world_process_zero():
         model = trainer.model
         if is_adapter(SFT_DIR):
-            model.save_pretrained(str(out_dir), selected_adapters=["default"], safe_serialization=True)
+            save_model(model, out_dir, selected_adapters=["default"])
         else:
-            model.save_pretrained(str(out_dir), safe_serialization=True)
+            save_model(model, out_dir)
         copy_tokenizer_files(SFT_DIR, out_dir)
         launch.clear_checkpoints(checkpoint_dir)
     return metrics

@@ -27,7 +27,7 @@ from typing import Any
 log = logging.getLogger("launch")
 
 CHECKPOINT_PREFIX = "checkpoint-"
-COMPLETE_MARKER = "trainer_state.json"  # the Trainer writes it last: a checkpoint without it was cut short
+COMPLETE_MARKER = "trainer_state.json"  # the Trainer writes it last: without it, whole, a checkpoint was cut short
 RUN_STAMP = "run.json"
 
 
@@ -72,6 +72,16 @@ def check_deepspeed(section: str, num_processes: int, deepspeed_config: str) -> 
         raise ParamsError(f"{deepspeed_config}: zero_optimization.stage 3 is not supported here; use stage 2")
 
 
+def is_complete(checkpoint: Path) -> bool:
+    """The checkpoint's trainer state is there and whole. The Trainer writes it in place (open, then write),
+    so a run killed in between leaves it empty or cut short, and resuming from it fails on a JSON decode."""
+    try:
+        json.loads((checkpoint / COMPLETE_MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return True
+
+
 def last_checkpoint(checkpoint_dir: Path) -> Path | None:
     """The newest complete `checkpoint-N` in `checkpoint_dir`, or None."""
     if not checkpoint_dir.is_dir():
@@ -79,9 +89,17 @@ def last_checkpoint(checkpoint_dir: Path) -> Path | None:
     complete = [
         path
         for path in checkpoint_dir.glob(f"{CHECKPOINT_PREFIX}*")
-        if path.name[len(CHECKPOINT_PREFIX) :].isdigit() and (path / COMPLETE_MARKER).is_file()
+        if path.name[len(CHECKPOINT_PREFIX) :].isdigit() and is_complete(path)
     ]
     return max(complete, key=lambda path: int(path.name[len(CHECKPOINT_PREFIX) :]), default=None)
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write `path` whole or not at all (a temp file renamed over it), for a file a resumed run reads back.
+    The temp name is fixed, so one a killed run leaves behind is taken up by the next write."""
+    temp = path.with_name(f"{path.name}.tmp")
+    temp.write_text(text, encoding="utf-8")
+    os.replace(temp, path)
 
 
 def file_digest(path: Path) -> str:
@@ -112,7 +130,7 @@ def prepare_resume(checkpoint_dir: Path, fingerprint: dict[str, Any]) -> None:
             log.info("%s: checkpoints of a run with other params or data; starting afresh", checkpoint_dir)
             clear_checkpoints(checkpoint_dir)
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    stamp.write_text(text, encoding="utf-8")
+    write_atomically(stamp, text)
 
 
 def clear_checkpoints(checkpoint_dir: Path) -> None:

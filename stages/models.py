@@ -63,6 +63,25 @@ def copy_tokenizer_files(src: str | Path, dst: Path) -> None:
             shutil.copyfile(Path(src) / name, dst / name)
 
 
+def save_model(model: Any, out_dir: Path, **kwargs: Any) -> None:
+    """`save_pretrained` as safetensors; for a PEFT adapter, with a byte-stable adapter_config.json.
+
+    PEFT holds some settings as sets (`target_modules`, into which "all-linear" expands) and writes them as
+    lists in set order, which follows the interpreter's string-hash seed: two identical runs would write
+    different bytes, and DVC would see a changed output. Sorted, they load back as the same sets.
+    """
+    model.save_pretrained(str(out_dir), safe_serialization=True, **kwargs)
+    config_file = out_dir / "adapter_config.json"
+    if config_file.is_file():
+        from peft import PeftConfig
+
+        loaded = PeftConfig.from_pretrained(str(out_dir)).to_dict()
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+        for key in [key for key, value in loaded.items() if isinstance(value, set)]:
+            config[key] = sorted(config[key])
+        config_file.write_text(json.dumps(config, indent=2, sort_keys=True), encoding="utf-8")  # as PEFT does
+
+
 def torch_dtype(precision: str) -> Any:
     import torch
 

@@ -31,6 +31,7 @@ from stages.models import (
     load_base_model,
     load_tokenizer,
     read_base_ref,
+    save_model,
     torch_dtype,
 )
 from stages.params import ParamsError, Sft, load_params
@@ -241,7 +242,7 @@ def train(
         last_eval = next(entry for entry in reversed(state.log_history) if "eval_loss" in entry)
         metrics = {**last_eval, "global_step": state.global_step}
     if trainer.is_world_process_zero():
-        trainer.model.save_pretrained(str(out_dir), safe_serialization=True)
+        save_model(trainer.model, out_dir)
         copy_tokenizer_files(ref.name_or_path, out_dir)
         launch.clear_checkpoints(checkpoint_dir)
     return metrics

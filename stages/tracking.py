@@ -7,14 +7,16 @@ dropped: the DVCLive dir is tracked by git and must be byte-identical when nothi
 
 Only rank 0 logs. A run resumed from a checkpoint opens the dir with `resume=True` (a fresh Live wipes
 it) after dropping the rows the killed run logged past that checkpoint, so the curves read as one run.
+The files a resumed run reads back (metrics.json, the plots it truncates) are written whole or not at all.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
-from stages.launch import rank
+from stages.launch import rank, write_atomically
 
 TIMING_KEYS = ("runtime", "per_second", "flos")
 
@@ -25,7 +27,7 @@ def truncate_plots(live_dir: Path, last_step: int) -> None:
         header, *rows = tsv.read_text(encoding="utf-8").splitlines(keepends=True)
         step_col = header.rstrip("\n").split("\t").index("step")
         kept = [row for row in rows if int(row.split("\t")[step_col]) <= last_step]
-        tsv.write_text("".join([header, *kept]), encoding="utf-8")
+        write_atomically(tsv, "".join([header, *kept]))
 
 
 def dvclive_callbacks(live_dir: Path, params: dict[str, Any], resume_step: int | None = None) -> list[Any]:
@@ -33,9 +35,18 @@ def dvclive_callbacks(live_dir: Path, params: dict[str, Any], resume_step: int |
     so dvcyaml=False. `resume_step`: the global step of the checkpoint the run resumes from."""
     if rank() != 0:
         return []
+    from dvclive.plots import NumpyEncoder
     from transformers.integrations import DVCLiveCallback
 
     from dvclive import Live
+
+    class WholeSummaryLive(Live):
+        def make_summary(self) -> None:
+            """DVCLive's own, but written whole: DVCLive rewrites metrics.json in place at every logged step, so
+            a run killed mid-write left it empty and the resumed run, which reads it back, failed to decode it."""
+            if self._step is not None:
+                self.summary["step"] = self.step
+            write_atomically(Path(self.metrics_file), json.dumps(self.summary, indent=4, cls=NumpyEncoder) + "\n")
 
     class StepAlignedDVCLive(DVCLiveCallback):
         def setup(self, args: Any, state: Any, model: Any) -> None:
@@ -51,6 +62,6 @@ def dvclive_callbacks(live_dir: Path, params: dict[str, Any], resume_step: int |
     resume = resume_step is not None and live_dir.is_dir()
     if resume:
         truncate_plots(live_dir, resume_step)
-    live = Live(str(live_dir), dvcyaml=False, save_dvc_exp=False, resume=resume, report=None)
+    live = WholeSummaryLive(str(live_dir), dvcyaml=False, save_dvc_exp=False, resume=resume, report=None)
     live.log_params(params)
     return [StepAlignedDVCLive(live=live, log_model=False)]

@@ -26,13 +26,14 @@ def final_loss(workspace: Path) -> tuple[int, float]:
 
 
 def kill_after_first_checkpoint(workspace: Path) -> None:
-    checkpoint = workspace / "checkpoints/sft/checkpoint-2"
+    checkpoints = workspace / "checkpoints/sft"
     with (workspace / "killed.log").open("w") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "stages.sft"], cwd=workspace, stdout=log, stderr=log, env=stage_env()
         )
         deadline = time.monotonic() + 300
-        while proc.poll() is None and not (checkpoint / launch.COMPLETE_MARKER).is_file():
+        # Complete, not merely there: the trainer state exists, empty, from the moment the Trainer opens it.
+        while proc.poll() is None and launch.last_checkpoint(checkpoints) is None:
             assert time.monotonic() < deadline, "no checkpoint within 300 s"
             time.sleep(0.05)
         proc.kill()  # SIGKILL: no cleanup runs
@@ -76,6 +77,17 @@ def test_incomplete_checkpoints_are_not_resumed(tmp_path: Path) -> None:
     assert launch.last_checkpoint(tmp_path / "absent") is None
 
 
+@pytest.mark.parametrize("written", [0, 0.5], ids=["empty", "cut-short"])
+def test_a_checkpoint_killed_while_its_trainer_state_was_written_is_not_resumed(tmp_path: Path, written) -> None:
+    # The Trainer opens trainer_state.json, then writes it: a SIGKILL in between leaves it empty or partial,
+    # and the Trainer, resuming from that checkpoint, would fail to decode it.
+    state = json.dumps({"global_step": 4, "log_history": [{"loss": 1.5, "step": 4}]}, indent=2) + "\n"
+    for step, text in ((2, state), (4, state[: int(len(state) * written)])):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        (tmp_path / f"checkpoint-{step}" / launch.COMPLETE_MARKER).write_text(text)
+    assert launch.last_checkpoint(tmp_path) == tmp_path / "checkpoint-2"
+
+
 def test_checkpoints_of_other_params_are_cleared(tmp_path: Path) -> None:
     checkpoints = tmp_path / "checkpoints"
     data = tmp_path / "train.jsonl"
@@ -96,3 +108,12 @@ def test_checkpoints_of_other_params_are_cleared(tmp_path: Path) -> None:
     assert not (checkpoints / "checkpoint-2").exists()  # other params: cleared
     stamp = json.loads((checkpoints / launch.RUN_STAMP).read_text())
     assert stamp["params"] == {"lr": 2.0e-3}
+    assert sorted(path.name for path in checkpoints.iterdir()) == [launch.RUN_STAMP]  # no temp file left
+
+
+def test_an_atomic_write_leaves_the_old_text_when_it_fails(tmp_path: Path) -> None:
+    stamp = tmp_path / "run.json"
+    launch.write_atomically(stamp, "old\n")
+    with pytest.raises(UnicodeEncodeError):
+        launch.write_atomically(stamp, "new\n\udc80")  # fails half-way through writing, like a killed run
+    assert stamp.read_text() == "old\n"

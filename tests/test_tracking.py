@@ -64,3 +64,27 @@ def test_a_fresh_run_starts_new_curves(tmp_path: Path) -> None:
     (second,) = tracking.dvclive_callbacks(live_dir, {})
     log(second, 1, {"loss": 7.0})
     assert tsv_rows(live_dir / "plots/metrics/loss.tsv") == [["step", "loss"], ["1", "7.0"]]
+
+
+def test_metrics_json_is_written_as_dvclive_writes_it(tmp_path: Path) -> None:
+    from dvclive import Live
+
+    (callback,) = tracking.dvclive_callbacks(tmp_path / "ours", {})
+    log(callback, 3, {"loss": 1.5, "eval_loss": 2.25})
+    plain = Live(str(tmp_path / "plain"), dvcyaml=False, save_dvc_exp=False, report=None)
+    plain.step = 3
+    plain.log_metric("loss", 1.5)
+    plain.log_metric("eval/loss", 2.25)
+    plain.next_step()
+    assert (tmp_path / "ours/metrics.json").read_bytes() == (tmp_path / "plain/metrics.json").read_bytes()
+
+
+def test_a_summary_write_that_dies_half_way_leaves_a_resumable_metrics_json(tmp_path: Path) -> None:
+    live_dir = tmp_path / "dvclive/sft"
+    (killed,) = tracking.dvclive_callbacks(live_dir, {})
+    log(killed, 2, {"loss": 1.5})
+    killed.live.summary["unserialisable"] = object()  # the JSON encoder fails on it, part way through
+    with pytest.raises(TypeError):
+        log(killed, 3, {"loss": 1.25})
+    (resumed,) = tracking.dvclive_callbacks(live_dir, {}, resume_step=2)  # reads metrics.json back
+    assert resumed.live.summary == {"loss": 1.5, "step": 2}

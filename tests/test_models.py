@@ -1,0 +1,78 @@
+"""Helpers shared by the trainer stages: a trained adapter saves byte-stable."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from test_sft import REPO
+
+# Two layers of q, k, v, o, gate, up and down projections: what "all-linear" expands to.
+TINY_QWEN2 = dict(
+    vocab_size=32,
+    hidden_size=16,
+    intermediate_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    num_key_value_heads=1,
+)
+# One LoRA adapter over the tiny Qwen2, saved as PEFT writes it (argv[1]) and through save_model (argv[2]).
+SAVE_BOTH_WAYS = f"""
+import sys
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import Qwen2Config, Qwen2ForCausalLM
+
+from stages.models import save_model
+
+torch.manual_seed(0)
+base = Qwen2ForCausalLM(Qwen2Config(**{TINY_QWEN2!r}))
+model = get_peft_model(base, LoraConfig(r=2, target_modules="all-linear", task_type="CAUSAL_LM"))
+model.save_pretrained(sys.argv[1])
+save_model(model, Path(sys.argv[2]))
+"""
+
+
+def save_under_hash_seed(seed: int, out: Path) -> tuple[Path, Path]:
+    """(PEFT's adapter dir, save_model's) from a new interpreter whose string hashes use `seed`."""
+    env = {**os.environ, "PYTHONHASHSEED": str(seed), "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
+    peft_dir, ours_dir = out / f"peft-{seed}", out / f"ours-{seed}"
+    cmd = [sys.executable, "-c", SAVE_BOTH_WAYS, str(peft_dir), str(ours_dir)]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return peft_dir, ours_dir
+
+
+def test_adapter_config_is_byte_identical_whatever_the_hash_seed(tmp_path: Path) -> None:
+    import torch
+    from peft import PeftModel, get_peft_model_state_dict
+    from safetensors.torch import load_file
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    (peft_1, ours_1), (peft_2, ours_2) = save_under_hash_seed(1, tmp_path), save_under_hash_seed(2, tmp_path)
+    peft_text = (peft_1 / "adapter_config.json").read_text()
+    # Under these two seeds PEFT's own config files differ (the bug); the weights do not.
+    assert peft_text != (peft_2 / "adapter_config.json").read_text()
+    assert (peft_1 / "adapter_model.safetensors").read_bytes() == (peft_2 / "adapter_model.safetensors").read_bytes()
+
+    ours_text = (ours_1 / "adapter_config.json").read_text()
+    assert ours_text == (ours_2 / "adapter_config.json").read_text()
+    modules = json.loads(peft_text)["target_modules"]
+    assert len(modules) == 2 * 7
+    assert json.loads(ours_text)["target_modules"] == sorted(modules)
+    # Otherwise as PEFT wrote it: the same lines (a list item's comma aside), no newline added at the end.
+    assert sorted(line.rstrip(",") for line in ours_text.splitlines()) == sorted(
+        line.rstrip(",") for line in peft_text.splitlines()
+    )
+    assert ours_text.endswith("}") and peft_text.endswith("}")
+
+    loaded = PeftModel.from_pretrained(Qwen2ForCausalLM(Qwen2Config(**TINY_QWEN2)), str(ours_1))
+    assert loaded.peft_config["default"].target_modules == set(modules)
+    saved, restored = load_file(str(ours_1 / "adapter_model.safetensors")), get_peft_model_state_dict(loaded)
+    assert len(saved) == 2 * 2 * 7 and saved.keys() == restored.keys()
+    assert all(torch.equal(saved[name], restored[name]) for name in saved)
