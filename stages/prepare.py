@@ -16,48 +16,40 @@ which writes every kept row to --output (input order) and the rejects to <output
 How a row travels: read (JSONL lines stream; a JSON array is parsed element by element) -> in worker
 processes: parse, normalise to the internal conversation form, scrub PII, run the row filters, compute
 its id and MinHash bands -> in this process, in input order: exact and near duplicates, per-source
-weight and cap -> written to an output or to the rejects file with its reason code (REASONS).
+weight and cap -> written to an output or to the rejects file with its reason code. The per-row part is
+stages/judging.py, the decisions over the set and the counts stages/tally.py.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import logging
 import multiprocessing
 import os
-import re
 import sys
-import zlib
-from array import array
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, fields
 from itertools import islice
 from pathlib import Path
 from typing import Any
 
-from stages import filters, token_bounds
+from stages import filters
 from stages.data import (
     NORMALISERS,
     DataError,
-    Message,
     RawRow,
     Record,
-    RowRejected,
-    Sample,
     detect_format,
     dumps,
     is_preference_format,
-    normalise,
     parse_jsonl_line,
     read_raw_rows,
-    to_alpaca,
-    to_chat,
-    to_guide_pair,
 )
+from stages.judging import Judge, PrepareError, TokenizerCounter, Verdict, make_judge
 from stages.params import ParamsError, Prepare, PrepareSource, load_params
+from stages.tally import SetDecisions, Tally, print_summary, write_plot_data
 
 log = logging.getLogger("prepare")
 
@@ -70,19 +62,6 @@ LENGTHS_PLOT = Path("metrics/prepare_lengths.csv")
 SPLITS = ("sft_train", "sft_eval", "pref_train", "pref_eval")
 CHUNK_ROWS = 2000  # rows per task sent to a worker; a source with fewer is done in-process
 LENGTH_SAMPLE = 20_000  # kept rows per source whose token length the statistics count (at least)
-
-# Every reject reason, in the order a row meets them. Metrics list all of them (0 included) so that
-# `dvc metrics diff` compares the same keys run after run.
-STRUCTURAL_REASONS = ["not_utf8", "malformed_json", "wrong_top_level"]
-CONTENT_REASONS = ["missing_field", "wrong_type", "bad_roles", "no_pair"]
-FILTER_REASONS = [reason for reason, _ in filters.ROW_FILTERS]
-SET_REASONS = ["duplicate", "near_duplicate", "not_sampled", "over_cap"]
-REASONS = STRUCTURAL_REASONS + CONTENT_REASONS + FILTER_REASONS + SET_REASONS
-
-
-class PrepareError(ValueError):
-    """A problem for the user (missing tokenizer, misplaced source); main() prints it and exits 2."""
-
 
 # ------------------------------------------------------------------------------------------- sources
 
@@ -182,117 +161,6 @@ def source_format(source: Source, head: list[RawRow]) -> str:
     return fmt
 
 
-# ----------------------------------------------------------------------------------- per-row verdicts
-
-
-@dataclass
-class Verdict:
-    """What happened to one input row, already rendered to text so it travels cheaply between
-    processes. `reason` None means kept (so far: duplicates and the mix are decided later)."""
-
-    source: str  # file:line
-    line: int
-    reason: str | None
-    detail: str
-    row_json: str  # the row as read, for the rejects file
-    id: str = ""
-    kind: str = ""  # sft | pref
-    bands: tuple[int, ...] = ()
-    counted: bool = False  # whether `tokens` was counted (for the length statistics)
-    tokens: int = 0
-    opening: str = ""
-    chat_json: str = ""  # the trainers' row (system prompt added)
-    redacted: dict[str, int] = field(default_factory=dict)  # PII kind -> replacements made
-    guide_json: str = ""  # the guide's Alpaca / instruction-chosen-rejected row
-
-    def __reduce__(self) -> tuple[type[Verdict], tuple[Any, ...]]:
-        """Pickled as the tuple of its fields: a worker's chunk of verdicts travels several times faster."""
-        return Verdict, tuple(self.__dict__.values())
-
-
-@dataclass(frozen=True)
-class Judge:
-    """The per-row part of prepare: normalise, scrub, filter, key, render. Pure, so it runs in workers."""
-
-    rules: filters.Rules
-    redact_pii: bool
-    near_dup: tuple[int, int, int]  # (num_perm, bands, rows per band); num_perm 0 = off
-
-    def chunk(self, items: list[RawRow], file: str, fmt: str, columns: dict[str, str], every: int) -> list[Verdict]:
-        """Verdicts for a chunk of rows. Tokens are counted only where a bound cannot decide a filter, and
-        for the length statistics in one of `every` kept rows (by a hash of the text); the texts to count
-        go to the tokenizer in one batch, as do the kept rows' MinHash signatures."""
-        read = [self.read(item, file, fmt, columns) for item in items]
-        counter, texts = self.rules.tokens, []
-        for verdict, sample in read:
-            if sample is not None:
-                own = filters.own_text(sample)
-                verdict.counted = every == 1 or zlib.crc32(own.encode("utf-8")) % every == 0
-                if verdict.counted or counter.at_least(own) < self.rules.min_tokens:
-                    texts.append(own)
-        counter.prefill(texts)
-        verdicts = [(verdict, "") if sample is None else self.finish(verdict, sample) for verdict, sample in read]
-        num_perm, bands, rows = self.near_dup
-        kept = [(verdict, content) for verdict, content in verdicts if verdict.reason is None]
-        if num_perm and kept:
-            all_bands = filters.band_hashes_many([content for _, content in kept], num_perm, bands, rows)
-            for (verdict, _), row_bands in zip(kept, all_bands, strict=True):
-                verdict.bands = tuple(row_bands)
-        return [verdict for verdict, _ in verdicts]
-
-    def read(self, item: RawRow, file: str, fmt: str, columns: dict[str, str]) -> tuple[Verdict, Sample | None]:
-        """Parse and normalise one row: a reject verdict, or a pending verdict and the sample."""
-        record = item if isinstance(item, Record) else parse_jsonl_line(file, *item)
-        if record.error is not None:
-            error = record.error
-            raw = json.dumps(error.raw, ensure_ascii=False)
-            return Verdict(record.source, record.line, error.reason, str(error), raw), None
-        row_json = record.raw or json.dumps(record.value, ensure_ascii=False, default=str)
-        try:
-            sample = normalise(record.value, fmt, columns)
-        except RowRejected as err:
-            return Verdict(record.source, record.line, err.reason, err.detail, row_json), None
-        verdict = Verdict(record.source, record.line, None, "", row_json)
-        if self.redact_pii:
-            sample = filters.scrub_sample(sample, verdict.redacted)
-        return verdict, sample
-
-    def finish(self, verdict: Verdict, sample: Sample) -> tuple[Verdict, str]:
-        """Run the row filters; a kept row gets its id, statistics and output lines. Returns the verdict
-        and the row's normalised content (for its MinHash)."""
-        failing = filters.first_failing(sample, self.rules)
-        if failing is not None:
-            verdict.reason, verdict.detail = failing
-            return verdict, ""
-        turns = filters.normalised_turns(sample)
-        content = filters.content_text(sample, turns)
-        verdict.id = filters.row_id(content)
-        verdict.kind = "pref" if sample.is_preference else "sft"
-        if verdict.counted:
-            verdict.tokens = self.rules.tokens.count(filters.own_text(sample))
-        verdict.opening = normalised_opening(next((text for role, text in reversed(turns) if role == "user"), ""))
-        with_system = filters.with_system_prompt(sample, self.rules.system_prompt)
-        verdict.chat_json = dumps({"id": verdict.id, "source": verdict.source, **to_chat(with_system)})
-        verdict.guide_json = dumps(to_guide_pair(sample) if sample.is_preference else to_alpaca(sample))
-        return verdict, content
-
-
-OPENING_CHARS = re.compile(r"[^\s\d]{1,3}")
-
-
-def opening(text: str) -> str:
-    """How an instruction starts: its first two words, or its first three characters for Chinese."""
-    return normalised_opening(filters.normalise_text(text))
-
-
-def normalised_opening(text: str) -> str:
-    words = text.split(" ")
-    if len(words) > 1 and len(words[0]) <= 20 and words[0].isascii():
-        return " ".join(words[:2])
-    match = OPENING_CHARS.match(text)
-    return match.group(0) if match else text[:3]
-
-
 # ------------------------------------------------------------------ running the judge on both cores
 
 _worker_judge: Judge | None = None
@@ -367,294 +235,6 @@ def _ordered(pool: Any, tasks: Iterator[Any], window: int) -> Iterator[list[Verd
         yield pending.popleft().get()
 
 
-# ------------------------------------------------------------------------------ decisions over the set
-
-
-class SetDecisions:
-    """Decisions that need the rows seen before, taken in input order: exact duplicates (same id),
-    near-duplicates (a shared MinHash band), then each source's weight sample and cap."""
-
-    def __init__(self, seed: int, on_error: str) -> None:
-        self.seed = seed
-        self.on_error = on_error
-        self.ids = filters.FirstSeen()
-        self.bands = filters.FirstSeen()
-        # Row number -> where it came from, for rows that own a key: (source index, line), 6 bytes a row.
-        self.sources: list[str] = []
-        self.place_source, self.place_line = array("H"), array("L")
-        self.kept_per_source: Counter[str] = Counter()
-
-    def decide(self, source: Source, verdicts: list[Verdict]) -> None:
-        if self.on_error == "stop":
-            for verdict in verdicts:
-                if verdict.reason in STRUCTURAL_REASONS:
-                    raise DataError(verdict.detail, verdict.reason)
-        kept = [v for v in verdicts if v.reason is None]
-        if kept:
-            self._dedup(kept)
-            self._mix(source, [v for v in kept if v.reason is None])
-
-    def _dedup(self, kept: list[Verdict]) -> None:
-        """Exact and near duplicates of a chunk's rows, looked up together. A row none of whose keys is
-        stored or shared with another row of the chunk is new: only the others are decided one by one,
-        in input order, as each may have an earlier row of the chunk to be a duplicate of."""
-        import numpy as np
-
-        ids = np.array([int(v.id, 16) for v in kept], dtype=np.uint64)
-        bands = np.array([v.bands for v in kept], dtype=np.uint64).reshape(len(kept), -1)
-        stored_id = self.ids.find(ids)
-        stored_bands = self.bands.find(bands.ravel()).reshape(bands.shape)
-        suspects = (
-            (stored_id >= 0)
-            | (stored_bands >= 0).any(axis=1)
-            | _repeated(ids)
-            | _repeated(bands.ravel()).reshape(bands.shape).any(axis=1)
-        )
-        rows = self.remember(kept)
-        new = np.ones(len(kept), dtype=bool)
-        seen_ids: dict[int, int] = {}
-        seen_bands: dict[int, int] = {}
-        for i in np.flatnonzero(suspects).tolist():
-            verdict, key, row_bands = kept[i], int(ids[i]), bands[i].tolist()
-            earlier = int(stored_id[i]) if stored_id[i] >= 0 else seen_ids.get(key)
-            if earlier is not None:
-                verdict.reason, verdict.detail = "duplicate", f"same content as {self.place(earlier)}"
-            else:
-                stored = stored_bands[i].tolist()
-                hits = (hit if hit >= 0 else seen_bands.get(band) for hit, band in zip(stored, row_bands, strict=True))
-                similar = next((hit for hit in hits if hit is not None), None)
-                if similar is None:
-                    seen_ids[key] = int(rows[i])
-                    seen_bands.update(dict.fromkeys(row_bands, int(rows[i])))
-                    continue
-                verdict.reason, verdict.detail = "near_duplicate", f"near-duplicate of {self.place(similar)}"
-            new[i] = False
-        self.ids.add(ids[new], rows[new])
-        self.bands.add(bands[new].ravel(), np.repeat(rows[new], bands.shape[1]))
-        self.ids.flush()
-        self.bands.flush()
-
-    def remember(self, verdicts: list[Verdict]) -> Any:
-        """Row numbers for these rows, which remember where each came from."""
-        import numpy as np
-
-        first = len(self.place_line)
-        name = verdicts[0].source.rsplit(":", 1)[0]  # a chunk comes from one source
-        if not self.sources or self.sources[-1] != name:
-            self.sources.append(name)
-        self.place_source.extend([len(self.sources) - 1] * len(verdicts))
-        self.place_line.extend([v.line for v in verdicts])
-        return np.arange(first, len(self.place_line), dtype=np.int64)
-
-    def place(self, row: int) -> str:
-        return f"{self.sources[self.place_source[row]]}:{self.place_line[row]}"
-
-    def _mix(self, source: Source, kept: list[Verdict]) -> None:
-        weight, max_rows = source.config.weight, source.config.max_rows
-        for verdict in kept:
-            if weight < 1 and not filters.is_sampled(self.seed, verdict.id, weight):
-                verdict.reason, verdict.detail = "not_sampled", f"outside the source's weight {weight} sample"
-            elif max_rows and self.kept_per_source[source.name] >= max_rows:
-                verdict.reason, verdict.detail = "over_cap", f"the source already gave max_rows {max_rows}"
-            else:
-                self.kept_per_source[source.name] += 1
-
-
-def _repeated(keys: Any) -> Any:
-    """Which keys (a uint64 array) occur more than once in it."""
-    import numpy as np
-
-    order = np.argsort(keys, kind="stable")
-    same = keys[order][1:] == keys[order][:-1]
-    marked = np.zeros(len(keys), dtype=bool)
-    marked[1:] |= same
-    marked[:-1] |= same
-    repeated = np.empty(len(keys), dtype=bool)
-    repeated[order] = marked
-    return repeated
-
-
-# ------------------------------------------------------------------------------------------- metrics
-
-
-@dataclass
-class Tally:
-    """Counts for the summary and metrics/prepare.json: every row lands in exactly one count."""
-
-    rows_in: Counter[str] = field(default_factory=Counter)
-    kept: Counter[str] = field(default_factory=Counter)
-    rejected: Counter[str] = field(default_factory=Counter)
-    rejected_per_source: dict[str, Counter[str]] = field(default_factory=dict)
-    openings: Counter[str] = field(default_factory=Counter)
-    lengths: Counter[int] = field(default_factory=Counter)  # token length -> kept rows (estimated, see add)
-    counted: int = 0  # kept rows whose token length was counted
-    redacted: Counter[str] = field(default_factory=Counter)
-
-    def add(self, source: Source, verdicts: list[Verdict]) -> None:
-        self.rows_in[source.name] += len(verdicts)
-        kept = [v for v in verdicts if v.reason is None]
-        self.kept[source.name] += len(kept)
-        self.openings.update(v.opening for v in kept)
-        counted = [v.tokens for v in kept if v.counted]  # a sample of one in `length_every` rows ...
-        self.counted += len(counted)
-        for tokens, rows in Counter(counted).items():
-            self.lengths[tokens] += rows * source.length_every  # ... stands for that many
-        rejected = Counter(v.reason for v in verdicts if v.reason is not None)
-        if rejected:
-            self.rejected.update(rejected)
-            self.rejected_per_source.setdefault(source.name, Counter()).update(rejected)
-        for verdict in verdicts:
-            if verdict.redacted:
-                self.redacted.update(verdict.redacted)
-
-    def summary(self, sources: list[Source], formats: dict[str, str]) -> dict[str, Any]:
-        kept, near = sum(self.kept.values()), self.rejected["near_duplicate"]
-        top = sorted(self.openings.items(), key=lambda kv: (-kv[1], kv[0]))[:10]
-        return {
-            "rows_in": sum(self.rows_in.values()),
-            "kept": kept,
-            "rejected": sum(self.rejected.values()),
-            "rejected_by_reason": {reason: self.rejected[reason] for reason in REASONS},
-            "sources": {
-                source.name: {
-                    "format": formats.get(source.name, ""),
-                    "rows_in": self.rows_in[source.name],
-                    "kept": self.kept[source.name],
-                    "rejected": dict(sorted(self.rejected_per_source.get(source.name, Counter()).items())),
-                }
-                for source in sources
-            },
-            "pii_redacted": {kind: self.redacted[kind] for kind in filters.PII_PATTERNS},
-            "diversity": {
-                "distinct_openings": len(self.openings),
-                "top_opening_share": round(top[0][1] / kept, 4) if kept else 0.0,
-                "top_openings": dict(top),
-                "near_duplicate_share": round(near / (kept + near), 4) if kept + near else 0.0,
-                "tokens": self.token_stats(),
-            },
-        }
-
-    def token_stats(self) -> dict[str, float]:
-        total = sum(self.lengths.values())
-        if not total:
-            return {"mean": 0.0, "p10": 0, "p50": 0, "p90": 0, "max": 0, "counted_rows": 0}
-        ordered = sorted(self.lengths.items())
-
-        def quantile(q: float) -> int:
-            seen = 0
-            for tokens, count in ordered:
-                seen += count
-                if seen > q * total:
-                    return tokens
-            return ordered[-1][0]
-
-        mean = sum(t * c for t, c in ordered) / total
-        return {
-            "mean": round(mean, 1),
-            "p10": quantile(0.1),
-            "p50": quantile(0.5),
-            "p90": quantile(0.9),
-            "max": ordered[-1][0],
-            "counted_rows": self.counted,
-        }
-
-
-def length_buckets(lengths: Counter[int]) -> list[tuple[str, int]]:
-    """Token lengths in power-of-two buckets ("64-127"), smallest first, empty buckets included."""
-    counts: Counter[int] = Counter()
-    for tokens, count in lengths.items():
-        counts[max(tokens, 1).bit_length()] += count
-    top = max(counts, default=1)
-    return [(f"{2 ** (b - 1) if b > 1 else 0}-{2**b - 1}", counts[b]) for b in range(1, top + 1)]
-
-
-def write_plot_data(summary: dict[str, Any], lengths: Counter[int]) -> None:
-    """CSV for `dvc plots` (bar charts; rendered in the browser, where CJK fonts exist)."""
-    OPENINGS_PLOT.parent.mkdir(parents=True, exist_ok=True)
-    with open(OPENINGS_PLOT, "w", encoding="utf-8", newline="") as f:
-        writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(["opening", "rows"])
-        writer.writerows(summary["diversity"]["top_openings"].items())
-    with open(LENGTHS_PLOT, "w", encoding="utf-8", newline="") as f:
-        writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(["tokens", "rows"])
-        writer.writerows(length_buckets(lengths))
-
-
-def print_summary(summary: dict[str, Any]) -> None:
-    print(f"rows in {summary['rows_in']} = kept {summary['kept']} + rejected {summary['rejected']}")
-    for reason, count in summary["rejected_by_reason"].items():
-        if count:
-            print(f"  rejected {reason:<16} {count}")
-    for name, count in summary.get("splits", {}).items():
-        print(f"  {name:<25} {count}")
-
-
-# --------------------------------------------------------------------------------------- tokenizer
-
-
-class TokenizerCounter(filters.TokenCounter):
-    """Token counts with the base model's tokenizer (its Rust backend: the same ids as tokenizer(text)).
-
-    Most rows are nowhere near a limit, and token_bounds proves it from their byte length without
-    tokenizing. The texts that still need counting in a chunk are counted in one batch call (prefill);
-    a templated conversation is rendered and counted only when its bound could pass max_tokens."""
-
-    def __init__(self, tokenizer_dir: Path) -> None:
-        if not (tokenizer_dir / "tokenizer_config.json").is_file():
-            raise PrepareError(
-                f"{tokenizer_dir}: no tokenizer here; run the base stage first (dvc repro base) or pass --tokenizer DIR"
-            )
-        from stages.models import load_tokenizer
-
-        self.tokenizer = load_tokenizer(tokenizer_dir)
-        if not self.tokenizer.chat_template:
-            raise PrepareError(f"{tokenizer_dir}: the tokenizer has no chat_template; max_tokens counts templated text")
-        self.backend = self.tokenizer.backend_tokenizer
-        self.bounds = token_bounds.TokenBounds.of(self.backend.to_str())
-        self.skeletons = token_bounds.Skeletons(self.render)
-        self.known: dict[str, int] = {}
-        super().__init__(self.count, self.count_chat)
-
-    def prefill(self, texts: list[str]) -> None:
-        encodings = self.backend.encode_batch_fast(texts, add_special_tokens=False) if texts else []
-        self.known = {text: len(encoding) for text, encoding in zip(texts, encodings, strict=True)}
-
-    def count(self, text: str) -> int:
-        known = self.known.get(text)
-        return known if known is not None else len(self.backend.encode(text, add_special_tokens=False))
-
-    def at_least(self, text: str) -> int:
-        return self.bounds.at_least(text)
-
-    def render(self, messages: list[Message]) -> str:
-        return self.tokenizer.apply_chat_template(messages, tokenize=False)
-
-    def count_chat(self, messages: list[Message]) -> int:
-        return self.count(self.render(messages))
-
-    def count_chat_over(self, messages: list[Message], limit: int) -> int | None:
-        skeleton = self.skeletons.text(messages)
-        if skeleton is not None:
-            # the template's own text plus the contents; a stretch of text on each side of a special token
-            text = skeleton + "".join(m["content"] for m in messages)
-            most = self.bounds.at_most(text, segments=2 * len(messages) + 2)
-            if most is not None and most <= limit:
-                return None
-        tokens = self.count_chat(messages)
-        return tokens if tokens > limit else None
-
-
-def make_judge(params: Prepare, counter: filters.TokenCounter) -> Judge:
-    rules = filters.Rules(
-        params.min_tokens, params.max_tokens, tuple(params.refusal_patterns), params.system_prompt, counter
-    )
-    near = (0, 0, 0)
-    if params.near_dup_threshold > 0:
-        near = (params.near_dup_num_perm, *filters.lsh_bands(params.near_dup_threshold, params.near_dup_num_perm))
-    return Judge(rules, params.redact_pii, near)
-
-
 # --------------------------------------------------------------------------------------------- runs
 
 
@@ -702,7 +282,7 @@ def run_stage(params: Prepare, counter: filters.TokenCounter | None = None) -> d
     summary["splits"] = {name: sum(split == name for _, split, _, _ in kept) for name in SPLITS}
     METRICS_FILE.parent.mkdir(parents=True, exist_ok=True)
     METRICS_FILE.write_text(json.dumps(summary, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-    write_plot_data(summary, tally.lengths)
+    write_plot_data(summary, tally.lengths, OPENINGS_PLOT, LENGTHS_PLOT)
     return summary
 
 
@@ -712,7 +292,7 @@ def run_cli(
     """The guide's command: every kept row to `output` in input order (guide forms), rejects beside it."""
     check_params(params)
     sources = [Source(path, "any", PrepareSource(path=path, format=fmt)) for path in inputs]
-    judge = make_judge(params, counter)
+    judge = make_judge(params, counter, guide_only=True)
     tally, formats = Tally(), {}
     output.parent.mkdir(parents=True, exist_ok=True)
     with (

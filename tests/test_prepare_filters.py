@@ -1,4 +1,4 @@
-"""The decisions of stages/filters.py and the tokenizer counter of stages/prepare.py."""
+"""The decisions of stages/filters.py and the tokenizer counter of stages/judging.py (with token_bounds)."""
 
 from __future__ import annotations
 
