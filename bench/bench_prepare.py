@@ -1,6 +1,6 @@
 """Benchmark: the guide's prepare command on a generated Firefly-sized file (1.1 M rows).
 
-    python bench/bench_prepare.py [--rows 1100000] [--tokenizer models/base] [--keep DIR]
+    python bench/bench_prepare.py [--rows 1100000] [--tokenizer models/base] [--repeat N] [--compare DIR]
 
 Writes a JSONL file in Firefly's layout ({"kind", "input", "target"}): Chinese rows made of random
 clauses of the shipped data/raw text (so the tokenizer sees real words), with a sprinkling of damage
@@ -17,12 +17,14 @@ import json
 import random
 import re
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 KINDS = ["ClassicalChinese", "Couplet", "MusicComment", "Composition", "NER", "Summary", "BELLE", "MRC"]
 CLAUSE_END = re.compile(r"(?<=[。！？；\n])")
@@ -100,11 +102,58 @@ def _descendants(pid: int) -> list[int]:
     return found
 
 
+def run_prepare(cwd: Path, raw: Path, out: Path, tokenizer: str, num_proc: int) -> dict[str, float]:
+    """One run of the guide's command in `cwd` (this checkout, or another one to compare with)."""
+    command = [
+        sys.executable,
+        "-m",
+        "stages.prepare",
+        "--input",
+        str(raw),
+        "--output",
+        str(out),
+        "--max_length",
+        "2048",
+        "--on-error",
+        "skip",
+        "--tokenizer",
+        str(Path(tokenizer).resolve()),
+        "--num-proc",
+        str(num_proc),
+    ]
+    started, cpu_before = time.perf_counter(), _children_cpu()
+    process = subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stop, peak = threading.Event(), []
+    sampler = threading.Thread(target=peak_tree_memory, args=(process.pid, stop, peak))
+    sampler.start()
+    stdout, stderr = process.communicate()
+    elapsed = time.perf_counter() - started
+    cpu = _children_cpu() - cpu_before  # the prepare process and its workers, user + system
+    stop.set()
+    sampler.join()
+    if process.returncode != 0:
+        sys.exit(f"prepare in {cwd} failed ({process.returncode}): {stderr[-2000:]}")
+    return {
+        "prepare_s": elapsed,
+        "cpu_s": cpu,
+        "peak_rss_sum_mib": peak[0][0] / 2**20,
+        "peak_pss_sum_mib": peak[0][1] / 2**20,
+        "summary": stdout.strip().splitlines(),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=1_100_000)
     parser.add_argument("--tokenizer", default="models/base")
     parser.add_argument("--num-proc", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=1, help="runs of each checkout; medians are reported")
+    parser.add_argument(
+        "--compare",
+        type=Path,
+        metavar="DIR",
+        help="another checkout (e.g. `git worktree add /tmp/base <rev>`) run on the same file, alternately",
+    )
     parser.add_argument("--keep", type=Path, help="write the files here instead of a temporary folder")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -114,54 +163,34 @@ def main() -> None:
         started = time.perf_counter()
         generate(raw, args.rows, clause_pool(Path("data/raw")))
         generated = time.perf_counter() - started
-        command = [
-            sys.executable,
-            "-m",
-            "stages.prepare",
-            "--input",
-            str(raw),
-            "--output",
-            str(out),
-            "--max_length",
-            "2048",
-            "--on-error",
-            "skip",
-            "--tokenizer",
-            args.tokenizer,
-            "--num-proc",
-            str(args.num_proc),
-        ]
-        started, cpu_before = time.perf_counter(), _children_cpu()
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        stop, peak = threading.Event(), []
-        sampler = threading.Thread(target=peak_tree_memory, args=(process.pid, stop, peak))
-        sampler.start()
-        stdout, stderr = process.communicate()
-        elapsed = time.perf_counter() - started
-        cpu = _children_cpu() - cpu_before  # the prepare process and its workers, user + system
-        stop.set()
-        sampler.join()
-        if process.returncode != 0:
-            sys.exit(f"prepare failed ({process.returncode}): {stderr[-2000:]}")
-        print(
-            json.dumps(
-                {
-                    "rows": args.rows,
-                    "input_mib": round(raw.stat().st_size / 2**20, 1),
-                    "generate_s": round(generated, 1),
-                    "prepare_s": round(elapsed, 1),
-                    "rows_per_s": round(args.rows / elapsed),
-                    "cpu_s": round(cpu, 1),
-                    "cpu_us_per_row": round(cpu / args.rows * 1e6),
-                    "peak_rss_sum_mib": round(peak[0][0] / 2**20),
-                    "peak_pss_sum_mib": round(peak[0][1] / 2**20),
-                    "num_proc": args.num_proc,
-                    "summary": stdout.strip().splitlines(),
-                },
-                ensure_ascii=False,
-                indent=2,
+        checkouts = {"this": Path.cwd(), **({"compare": args.compare.resolve()} if args.compare else {})}
+        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in checkouts}
+        for _ in range(args.repeat):
+            for name, cwd in checkouts.items():
+                runs[name].append(run_prepare(cwd, raw, out, args.tokenizer, args.num_proc))
+        report: dict[str, Any] = {
+            "rows": args.rows,
+            "input_mib": round(raw.stat().st_size / 2**20, 1),
+            "generate_s": round(generated, 1),
+            "num_proc": args.num_proc,
+        }
+        for name, results in runs.items():
+            seconds = statistics.median(r["prepare_s"] for r in results)
+            cpu = statistics.median(r["cpu_s"] for r in results)
+            report[name] = {
+                "checkout": str(checkouts[name]),
+                "prepare_s": [round(r["prepare_s"], 1) for r in results],
+                "rows_per_s_median": round(args.rows / seconds),
+                "cpu_us_per_row_median": round(cpu / args.rows * 1e6),
+                "peak_rss_sum_mib": round(max(r["peak_rss_sum_mib"] for r in results)),
+                "peak_pss_sum_mib": round(max(r["peak_pss_sum_mib"] for r in results)),
+                "summary": results[-1]["summary"],
+            }
+        if args.compare:
+            report["speedup_median"] = round(
+                report["this"]["rows_per_s_median"] / report["compare"]["rows_per_s_median"], 2
             )
-        )
+        print(json.dumps(report, ensure_ascii=False, indent=2))
 
 
 if __name__ == "__main__":
