@@ -190,8 +190,12 @@ class TokenizerCounter(filters.TokenCounter):
         skeleton = self.skeletons.text(messages)
         if skeleton is not None:
             # the template's own text plus the contents; a stretch of text on each side of a special token
-            text = skeleton + "".join(m["content"] for m in messages)
-            most = self.bounds.at_most(text, segments=2 * len(messages) + 2)
+            segments = 2 * len(messages) + 2
+            chars = len(skeleton) + sum(len(m["content"]) for m in messages)
+            most = self.bounds.at_most_for(chars, segments)
+            if most is not None and most <= limit:  # short enough whatever the characters are
+                return None
+            most = self.bounds.at_most(skeleton + "".join(m["content"] for m in messages), segments)
             if most is not None and most <= limit:
                 return None
         tokens = self.count_chat(messages)

@@ -75,6 +75,14 @@ class NormalizerBounds:
         extra = sum(delta * text.count(pattern) for pattern, delta in self.replaces)
         return math.ceil(self.grow * raw) + extra + self.prepend * segments
 
+    def most_bytes_for(self, chars: int, segments: int = 1) -> int | None:
+        """most_bytes() of any text of `chars` characters: a character is at most 4 UTF-8 bytes, or what a
+        Replace makes of it. Needs no look at the text (its length is enough)."""
+        if not self.known:
+            return None
+        per_char = max([4, *(1 + delta for _, delta in self.replaces)])  # a replaced character: 1 byte + delta
+        return math.ceil(self.grow * per_char * chars) + self.prepend * segments
+
     def fewest_bytes(self, text: str) -> int | None:
         if not self.known:
             return None
@@ -108,6 +116,11 @@ class TokenBounds:
 
     def at_most(self, text: str, segments: int = 1) -> int | None:
         most = self.normalizer.most_bytes(text, segments)
+        return None if most is None else most + segments
+
+    def at_most_for(self, chars: int, segments: int = 1) -> int | None:
+        """at_most() of any text of `chars` characters (looser, and free)."""
+        most = self.normalizer.most_bytes_for(chars, segments)
         return None if most is None else most + segments
 
 
