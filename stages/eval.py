@@ -13,7 +13,7 @@ Writes  metrics/eval.json          perplexity / task / preference_accuracy / ref
 Every runtime scores the SAME token ids: the base tokenizer renders each conversation with its chat
 template and tokenizes it once; transformers and llama.cpp then both get those ids, so perplexities of
 HF and GGUF artifacts are comparable and the q4_k_m/f16 ratio measures quantization alone.
-Metric definitions are in stages/metrics.py.
+Metric definitions are in stages/metrics.py, the runtimes in stages/runtimes.py.
 """
 
 from __future__ import annotations
@@ -26,11 +26,21 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from stages import judge, metrics, models
 from stages.data import DataError, read_jsonl
 from stages.params import Eval, ParamsError, load_params
+from stages.runtimes import (
+    Encoded,
+    EvalError,
+    HFRuntime,
+    LlamaCppRuntime,
+    Runtime,
+    encode_conversation,
+    encode_prompt,
+    scored_logprobs,
+)
 
 log = logging.getLogger("eval")
 
@@ -51,151 +61,8 @@ PLOTS_DIR = Path("metrics/eval_plots")
 END_TOKENS = ("<|im_end|>", "<|endoftext|>")  # ChatML turn end and document end: both stop generation
 
 
-class EvalError(RuntimeError):
-    """A problem the user can fix (missing artifact, bad template); the message names the place."""
-
-
 class GateFailed(RuntimeError):
     """A gate in params `eval` broke and `eval.gate_action` is `fail`."""
-
-
-class Runtime(Protocol):
-    def token_logprobs(self, sequences: list[list[int]]) -> list[list[float]]:
-        """Per sequence: log p(ids[i] | ids[:i]) for i = 1 .. len(ids) - 1."""
-
-    def greedy(self, prompts: list[list[int]], max_new_tokens: int, stop_ids: set[int]) -> list[list[int]]:
-        """Per prompt: its greedy continuation, cut before the first stop token."""
-
-
-# ----------------------------------------------------------------------------------------- token ids
-
-
-@dataclass
-class Encoded:
-    ids: list[int]
-    scored: list[bool]  # True for assistant tokens (the answer text and its end-of-turn token)
-
-
-def encode_conversation(tokenizer: Any, messages: list[dict[str, str]]) -> Encoded:
-    """Render with the chat template, tokenize once, and mark the tokens inside assistant turns.
-
-    An assistant turn spans from the end of the generation prompt before it to its end-of-turn token
-    (the template's trailing newline is not scored), found by rendering the growing conversation.
-    """
-    text = tokenizer.apply_chat_template(messages, tokenize=False)
-    spans = []
-    for i, message in enumerate(messages):
-        if message["role"] != "assistant":
-            continue
-        prompt = tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
-        turn = tokenizer.apply_chat_template(messages[: i + 1], tokenize=False).rstrip("\n")
-        if not (text.startswith(prompt) and text.startswith(turn)):
-            raise EvalError(f"{models.BASE_DIR}: chat template does not render conversations prefix by prefix")
-        spans.append((len(prompt), len(turn)))
-    encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    scored = [any(start <= begin < end for start, end in spans) for begin, _ in encoding["offset_mapping"]]
-    return Encoded(list(encoding["input_ids"]), scored)
-
-
-def encode_prompt(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
-
-
-def scored_logprobs(runtime: Runtime, conversations: list[Encoded]) -> list[list[float]]:
-    """Per conversation, the log-probs of its scored (assistant) tokens."""
-    all_logprobs = runtime.token_logprobs([encoded.ids for encoded in conversations])
-    return [
-        [logprobs[i - 1] for i in range(1, len(encoded.ids)) if encoded.scored[i]]
-        for encoded, logprobs in zip(conversations, all_logprobs, strict=True)
-    ]
-
-
-# ------------------------------------------------------------------------------------------ runtimes
-
-
-class HFRuntime:
-    """A transformers (or PEFT-wrapped) causal LM; sequences go through in padded batches."""
-
-    def __init__(self, model: Any, pad_id: int, batch_size: int) -> None:
-        self.model, self.pad_id, self.batch_size = model.eval(), pad_id, batch_size
-
-    def _padded(self, batch: list[list[int]], left: bool) -> tuple[Any, Any]:
-        import torch
-
-        width = max(len(ids) for ids in batch)
-        input_ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, ids in enumerate(batch):
-            span = slice(width - len(ids), width) if left else slice(0, len(ids))
-            input_ids[row, span], attention_mask[row, span] = torch.tensor(ids), 1
-        return input_ids.to(self.model.device), attention_mask.to(self.model.device)
-
-    def token_logprobs(self, sequences: list[list[int]]) -> list[list[float]]:
-        import torch
-
-        result = []
-        for start in range(0, len(sequences), self.batch_size):
-            batch = sequences[start : start + self.batch_size]
-            input_ids, attention_mask = self._padded(batch, left=False)  # right padding: causal, no effect
-            with torch.no_grad():
-                logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1].float()
-                logprobs = torch.log_softmax(logits, dim=-1).gather(2, input_ids[:, 1:, None])[..., 0]
-            result += [logprobs[row, : len(ids) - 1].tolist() for row, ids in enumerate(batch)]
-        return result
-
-    def greedy(self, prompts: list[list[int]], max_new_tokens: int, stop_ids: set[int]) -> list[list[int]]:
-        import torch
-        from transformers import GenerationConfig
-
-        config = GenerationConfig(
-            max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=sorted(stop_ids), pad_token_id=self.pad_id
-        )
-        result = []
-        for start in range(0, len(prompts), self.batch_size):
-            input_ids, attention_mask = self._padded(prompts[start : start + self.batch_size], left=True)
-            with torch.no_grad():
-                output = self.model.generate(
-                    input_ids=input_ids, attention_mask=attention_mask, generation_config=config
-                )
-            result += [_until_stop(row[input_ids.shape[1] :].tolist(), stop_ids) for row in output]
-        return result
-
-
-class LlamaCppRuntime:
-    """A GGUF file through llama.cpp, one sequence at a time, logits for every position."""
-
-    def __init__(self, path: Path, n_ctx: int, n_threads: int) -> None:
-        from llama_cpp import Llama
-
-        self.llm = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=n_threads, logits_all=True, seed=0, verbose=False)
-
-    def token_logprobs(self, sequences: list[list[int]]) -> list[list[float]]:
-        result = []
-        for ids in sequences:
-            self.llm.reset()
-            self.llm.eval(ids)
-            result.append(metrics.next_token_logprobs(self.llm.scores[: len(ids) - 1], ids[1:]))
-        return result
-
-    def greedy(self, prompts: list[list[int]], max_new_tokens: int, stop_ids: set[int]) -> list[list[int]]:
-        return [self._greedy_one(prompt, max_new_tokens, stop_ids) for prompt in prompts]
-
-    def _greedy_one(self, prompt: list[int], max_new_tokens: int, stop_ids: set[int]) -> list[int]:
-        # llama.cpp's own greedy sampler (temp 0); we stop on the same end tokens as transformers.
-        generated: list[int] = []
-        for token in self.llm.generate(prompt, temp=0.0, top_k=1, repeat_penalty=1.0, reset=True):
-            if token in stop_ids or len(generated) == max_new_tokens:
-                break
-            generated.append(token)
-        return generated
-
-
-def _until_stop(tokens: list[int], stop_ids: set[int]) -> list[int]:
-    for i, token in enumerate(tokens):
-        if token in stop_ids:
-            return tokens[:i]
-    return tokens
 
 
 def load_runtimes(params: Eval, n_ctx: int, pad_id: int) -> Iterator[tuple[str, Runtime]]:

@@ -15,19 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from stages import filters, token_bounds
-from stages.data import (
-    Message,
-    RawRow,
-    Record,
-    RowRejected,
-    Sample,
-    dumps,
-    normalise,
-    parse_jsonl_line,
-    to_alpaca,
-    to_chat,
-    to_guide_pair,
-)
+from stages.data import Message, RawRow, Record, RowRejected, Sample, dumps, parse_jsonl_line
+from stages.formats import normalise, to_alpaca, to_chat, to_guide_pair
 from stages.params import Prepare
 
 

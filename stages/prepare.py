@@ -36,17 +36,8 @@ from pathlib import Path
 from typing import Any
 
 from stages import filters
-from stages.data import (
-    NORMALISERS,
-    DataError,
-    RawRow,
-    Record,
-    detect_format,
-    dumps,
-    is_preference_format,
-    parse_jsonl_line,
-    read_raw_rows,
-)
+from stages.data import DataError, RawRow, Record, dumps, parse_jsonl_line, read_raw_rows
+from stages.formats import NORMALISERS, detect_format, is_preference_format
 from stages.judging import Judge, PrepareError, TokenizerCounter, Verdict, make_judge
 from stages.params import ParamsError, Prepare, PrepareSource, load_params
 from stages.tally import SetDecisions, Tally, print_summary, write_plot_data

@@ -7,18 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from stages.data import (
-    DataError,
-    RowRejected,
-    Sample,
-    detect_format,
-    normalise,
-    read_records,
-    to_alpaca,
-    to_chat,
-    to_guide_pair,
-    write_jsonl,
-)
+from stages.data import DataError, RowRejected, Sample, read_records, write_jsonl
+from stages.formats import detect_format, normalise, to_alpaca, to_chat, to_guide_pair
 
 FIXTURES = Path(__file__).parent / "fixtures" / "prepare"
 

@@ -459,7 +459,7 @@ def reference_duplicates(lines: list[str], near: tuple[int, int, int]) -> dict[i
     """Line -> duplicate | near_duplicate, decided the plain way: row by row, against every earlier kept
     row's id and LSH bands (what the chunked, vectorised SetDecisions must reproduce)."""
     from stages import filters
-    from stages.data import normalise
+    from stages.formats import normalise
 
     ids: set[str] = set()
     bands: set[int] = set()
