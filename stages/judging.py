@@ -122,12 +122,9 @@ class Judge:
 OPENING_CHARS = re.compile(r"[^\s\d]{1,3}")
 
 
-def opening(text: str) -> str:
-    """How an instruction starts: its first two words, or its first three characters for Chinese."""
-    return normalised_opening(filters.normalise_text(text))
-
-
 def normalised_opening(text: str) -> str:
+    """How an instruction (already through filters.normalise_text) starts: its first two words, or its
+    first three characters for Chinese."""
     words = text.split(" ")
     if len(words) > 1 and len(words[0]) <= 20 and words[0].isascii():
         return " ".join(words[:2])

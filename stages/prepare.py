@@ -198,7 +198,7 @@ def judge_sources(
 def length_sample_every(source: Source, head: list[RawRow]) -> int:
     """Token lengths for the statistics are counted in one of this many kept rows: all of them up to
     LENGTH_SAMPLE rows, then a hash sample of about that size (estimated from a JSONL file's size)."""
-    lines = [raw for item in head if isinstance(item, tuple) for _, raw in [item]]
+    lines = [item[1] for item in head if isinstance(item, tuple)]  # JSONL: (line number, bytes)
     if len(head) < CHUNK_ROWS or len(lines) < len(head):  # small, a JSON array or a hub dataset: all
         return 1
     estimated_rows = Path(source.name).stat().st_size * len(lines) / sum(len(raw) + 1 for raw in lines)
