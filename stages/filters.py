@@ -252,11 +252,16 @@ def shingle_hashes_many(texts: list[str], size: int) -> tuple[Any, Any]:
 
 
 @functools.lru_cache(maxsize=4)
-def minhash_template(num_perm: int) -> Any:
-    """An empty datasketch MinHash; its random permutations are drawn once (the slow part)."""
-    from datasketch import MinHash
+def permutations(num_perm: int) -> tuple[Any, Any]:
+    """The (a, b) of datasketch's MinHash(num_perm, seed=1) in its affine32 scheme, drawn the way it draws
+    them (a odd, both uint32), without importing datasketch (which pulls in scipy: a second at startup).
+    tests/test_prepare_filters.py checks them against datasketch."""
+    import numpy as np
 
-    return MinHash(num_perm=num_perm, seed=1, hashfunc=int)
+    gen = np.random.RandomState(1)
+    a = gen.randint(0, 1 << 31, num_perm, dtype=np.uint32) * np.uint32(2) + np.uint32(1)
+    b = gen.randint(0, 1 << 32, num_perm, dtype=np.uint32)
+    return a, b
 
 
 def minhash_signature(text: str, num_perm: int, shingle_size: int = 5) -> Any:
@@ -271,7 +276,7 @@ def minhash_signatures(texts: list[str], num_perm: int, shingle_size: int = 5, u
     `used`: compute only the first this many permutations (LSH bands may not use them all)."""
     import numpy as np
 
-    a, b = (p[:used] for p in minhash_template(num_perm).permutations)
+    a, b = (p[:used] for p in permutations(num_perm))
     hashes, starts = shingle_hashes_many(texts, shingle_size)
     hashes ^= hashes >> np.uint32(16)
     hashes *= np.uint32(0x85EBCA6B)
@@ -280,12 +285,18 @@ def minhash_signatures(texts: list[str], num_perm: int, shingle_size: int = 5, u
     hashes ^= hashes >> np.uint32(16)
     signatures = np.empty((len(texts), len(a)), dtype=np.uint32)
     bounds = [*starts.tolist(), len(hashes)]
-    block = max(1, 16_384 // len(a))  # texts per block: keeps the matrix a few MiB
+    # Texts per block: the permutations x shingles matrix stays about 1 MiB, in cache, and one buffer
+    # serves every block (a fresh multi-MiB array per block costs more in page faults than the arithmetic).
+    block = max(1, 4096 // len(a))
+    widest = max(bounds[min(i + block, len(texts))] - bounds[i] for i in range(0, len(texts), block)) if texts else 0
+    buffer = np.empty(len(a) * widest, dtype=np.uint32)
+    a, b = a[:, None], b[:, None]
     for first in range(0, len(texts), block):
         last = min(first + block, len(texts))
         lo, hi = bounds[first], bounds[last]
-        matrix = np.multiply.outer(a, hashes[lo:hi])  # permutations x shingles: rows reduce contiguously
-        matrix += b[:, None]
+        matrix = buffer[: len(a) * (hi - lo)].reshape(len(a), hi - lo)
+        np.multiply(a, hashes[None, lo:hi], out=matrix)  # permutations x shingles: rows reduce contiguously
+        matrix += b
         signatures[first:last] = np.minimum.reduceat(matrix, starts[first:last] - lo, axis=1).T
     return signatures
 
@@ -313,11 +324,27 @@ def band_hashes_many(texts: list[str], num_perm: int, bands: int, rows_per_band:
 
 
 def lsh_bands(threshold: float, num_perm: int) -> tuple[int, int]:
-    """(bands, rows per band) datasketch picks for this Jaccard threshold and signature length."""
-    from datasketch import MinHashLSH
+    """(bands, rows per band) that datasketch's MinHashLSH picks for this Jaccard threshold and signature
+    length: the pair minimising false-positive plus false-negative probability mass (equal weights).
 
-    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
-    return lsh.b, lsh.r
+    The same search, with the integrals done by Gauss-Legendre quadrature: the integrands are
+    polynomials of degree bands x rows <= num_perm, which num_perm // 2 + 1 nodes integrate exactly.
+    (datasketch integrates each pair with scipy's quad: a second or more at every start.)"""
+    import numpy as np
+
+    pairs = np.array([(b, r) for b in range(1, num_perm + 1) for r in range(1, num_perm // b + 1)], dtype=np.float64)
+    nodes, weights = np.polynomial.legendre.leggauss(num_perm // 2 + 1)
+
+    def integral(lo: float, hi: float, false_positive: bool) -> Any:
+        s = (hi - lo) / 2 * nodes + (hi + lo) / 2  # the nodes moved from [-1, 1] to [lo, hi]
+        collide = 1 - (1 - s[None, :] ** pairs[:, 1:2]) ** pairs[:, 0:1]  # P(share a band) at similarity s
+        return (collide if false_positive else 1 - collide) @ weights * (hi - lo) / 2
+
+    error = integral(0.0, threshold, True) + integral(threshold, 1.0, False)
+    bands, rows = pairs[int(np.argmin(error))]
+    if bands < 2:  # as datasketch refuses: one band is an exact match of the whole signature
+        raise ValueError(f"near_dup_threshold {threshold} with {num_perm} permutations gives a single LSH band")
+    return int(bands), int(rows)
 
 
 class FirstSeen:

@@ -194,5 +194,9 @@ def make_judge(params: Prepare, counter: filters.TokenCounter, guide_only: bool 
     )
     near = (0, 0, 0)
     if params.near_dup_threshold > 0:
-        near = (params.near_dup_num_perm, *filters.lsh_bands(params.near_dup_threshold, params.near_dup_num_perm))
+        try:
+            bands = filters.lsh_bands(params.near_dup_threshold, params.near_dup_num_perm)
+        except ValueError as err:
+            raise PrepareError(f"params.yaml: prepare: {err}; raise near_dup_num_perm") from None
+        near = (params.near_dup_num_perm, *bands)
     return Judge(rules, params.redact_pii, near, guide_only)

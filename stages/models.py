@@ -95,14 +95,16 @@ def load_tokenizer(path: str | Path, ref: BaseModelRef | None = None) -> Any:
     Qwen2Tokenizer, which is wrong for the tiny model's SentencePiece vocabulary (and would break
     HF/llama.cpp token parity). tokenizer.json is the complete definition for real Qwen models too.
     """
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast  # without AutoTokenizer, which imports torch (~3 s)
 
-    kwargs = ref.from_pretrained_kwargs() if ref else {}
-    kwargs.pop("use_safetensors", None)
     if ref is None and (Path(path) / "tokenizer.json").is_file():
         return PreTrainedTokenizerFast.from_pretrained(str(path))
     if ref is not None and Path(ref.name_or_path, "tokenizer.json").is_file():
         return PreTrainedTokenizerFast.from_pretrained(ref.name_or_path)
+    from transformers import AutoTokenizer
+
+    kwargs = ref.from_pretrained_kwargs() if ref else {}
+    kwargs.pop("use_safetensors", None)
     return AutoTokenizer.from_pretrained(str(path), **kwargs)
 
 

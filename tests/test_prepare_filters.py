@@ -20,7 +20,9 @@ def shingle_set(text: str) -> set[str]:
 
 
 def test_signature_is_exactly_datasketch_minhash_of_the_shingles() -> None:
-    minhash = filters.minhash_template(64).copy()
+    from datasketch import MinHash
+
+    minhash = MinHash(num_perm=64, seed=1, hashfunc=int)
     minhash.update_batch(filters.shingle_hashes(TEXT, 5).tolist())
     assert np.array_equal(filters.minhash_signature(TEXT, 64), minhash.hashvalues)
 
@@ -38,6 +40,22 @@ def test_signature_estimates_the_jaccard_similarity(changes: int) -> None:
     true = len(shingle_set(TEXT) & shingle_set(other_text)) / len(shingle_set(TEXT) | shingle_set(other_text))
     estimate = np.mean(filters.minhash_signature(TEXT, 256) == filters.minhash_signature(other_text, 256))
     assert abs(estimate - true) < 0.12
+
+
+@pytest.mark.parametrize("num_perm", [16, 64, 128, 256])
+def test_permutations_and_bands_are_datasketchs(num_perm: int) -> None:
+    from datasketch import MinHash, MinHashLSH
+
+    a, b = filters.permutations(num_perm)
+    assert np.array_equal(np.array([a, b]), MinHash(num_perm=num_perm, seed=1).permutations)
+    for threshold in (0.3, 0.5, 0.7, 0.8, 0.85, 0.9, 0.95):
+        try:
+            lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
+        except ValueError:  # datasketch refuses a single band
+            with pytest.raises(ValueError, match="single LSH band"):
+                filters.lsh_bands(threshold, num_perm)
+        else:
+            assert filters.lsh_bands(threshold, num_perm) == (lsh.b, lsh.r), threshold
 
 
 def test_near_identical_texts_share_a_band_and_unrelated_ones_do_not() -> None:
