@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -84,22 +85,72 @@ def read_records(path: str | Path, on_error: str = "stop") -> Iterator[Record]:
 
 
 RawRow = tuple[int, bytes] | Record
+BOM = b"\xef\xbb\xbf"
 
 
-def read_raw_rows(path: str | Path) -> Iterator[RawRow]:
-    """The rows of a file, as cheaply as possible: JSONL lines stay (line number, bytes) so that parsing
-    can happen in worker processes; a JSON array is parsed here, element by element (it is one value)."""
+@dataclass(frozen=True)
+class LineBlock:
+    """Consecutive lines of a JSONL file as one bytes object, blank ones included so that numbering holds:
+    a chunk travels to a worker process as one buffer instead of thousands of small objects."""
+
+    first: int  # line number of the first line
+    data: bytes
+
+    def rows(self) -> list[tuple[int, bytes]]:
+        """(line number, raw bytes) of each non-blank line; lines end at \n only (U+2028 is valid in JSON)."""
+        return [(n, raw.rstrip(b"\r")) for n, raw in enumerate(self.data.split(b"\n"), self.first) if raw.strip()]
+
+
+def read_chunks(path: str | Path, rows: int) -> Iterator[LineBlock | list[RawRow]]:
+    """The rows of a file, a chunk at a time and as cheaply as possible: a JSONL file as LineBlocks of
+    `rows` lines (parsed later, in worker processes); a JSON array as lists of `rows` Records (it is one
+    value, parsed here element by element)."""
     path = Path(path)
     with open(path, "rb") as f:
         head = f.read(4096)
-    if head.startswith(b"\xef\xbb\xbf"):
-        head = head[3:]
-    if head.lstrip()[:1] == b"[":
-        data = path.read_bytes()
-        yield from _read_json_array(str(path), data[3:] if data.startswith(b"\xef\xbb\xbf") else data)
+    if head.removeprefix(BOM).lstrip()[:1] == b"[":
+        data = path.read_bytes().removeprefix(BOM)
+        records = _read_json_array(str(path), data)
+        while chunk := list(islice(records, rows)):
+            yield chunk
         return
-    lines = iter_lines(path)
-    for line_no, raw in lines:  # the first row tells a JSONL file from one pretty-printed object
+    blocks = _line_blocks(path, rows)
+    for block in blocks:
+        _check_first_row(path, block)
+        yield block
+        break
+    yield from blocks
+
+
+def read_raw_rows(path: str | Path) -> Iterator[RawRow]:
+    """The rows of a file one by one: (line number, bytes) for JSONL, Records for a JSON array."""
+    for chunk in read_chunks(path, 10_000):
+        yield from chunk.rows() if isinstance(chunk, LineBlock) else chunk
+
+
+def _line_blocks(path: Path, rows: int) -> Iterator[LineBlock]:
+    """Blocks of `rows` lines, read 4 MiB at a time; a UTF-8 BOM at the start is dropped."""
+    with open(path, "rb") as f:
+        line_no, rest, lines = 1, b"", []
+        while block := f.read(1 << 22):
+            if line_no == 1 and not rest and not lines:
+                block = block.removeprefix(BOM)
+            lines += (rest + block).split(b"\n")
+            rest = lines.pop()
+            whole = len(lines) - len(lines) % rows
+            for start in range(0, whole, rows):
+                yield LineBlock(line_no, b"\n".join(lines[start : start + rows]))
+                line_no += rows
+            lines = lines[whole:]
+        if rest:
+            lines.append(rest)
+        if any(line.strip() for line in lines):
+            yield LineBlock(line_no, b"\n".join(lines))
+
+
+def _check_first_row(path: Path, block: LineBlock) -> None:
+    """The first row tells a JSONL file from one pretty-printed JSON object (a common mistake)."""
+    for line_no, raw in block.rows()[:1]:
         if parse_jsonl_line(str(path), line_no, raw).error is not None and _is_one_object(path):
             raise DataError(
                 f"{path}:{line_no}: the file is one JSON object; expected one object per line "
@@ -107,9 +158,6 @@ def read_raw_rows(path: str | Path) -> Iterator[RawRow]:
                 "wrong_top_level",
                 line_no,
             )
-        yield line_no, raw
-        break
-    yield from lines
 
 
 def parse_jsonl_line(file: str, line_no: int, raw: bytes) -> Record:
@@ -160,22 +208,6 @@ def parse_jsonl_line(file: str, line_no: int, raw: bytes) -> Record:
             ),
         )
     return Record(file, line_no, value, raw=text)
-
-
-def iter_lines(path: str | Path) -> Iterator[tuple[int, bytes]]:
-    """(line number, raw bytes) of each non-blank line; splits on \\n only (U+2028 is valid inside JSON).
-    Reads 4 MiB at a time."""
-    with open(path, "rb") as f:
-        line_no, rest = 1, b""
-        while block := f.read(1 << 22):
-            if line_no == 1 and not rest and block.startswith(b"\xef\xbb\xbf"):
-                block = block[3:]
-            lines = (rest + block).split(b"\n")
-            rest = lines.pop()
-            yield from [(n, raw.rstrip(b"\r")) for n, raw in enumerate(lines, line_no) if raw.strip()]
-            line_no += len(lines)
-        if rest.strip():
-            yield line_no, rest.rstrip(b"\r")
 
 
 def _is_one_object(path: Path) -> bool:

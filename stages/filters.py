@@ -15,7 +15,6 @@ import re
 import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
-from itertools import repeat
 from typing import Any
 
 from stages.data import Message, Sample
@@ -40,6 +39,9 @@ class TokenCounter:
     def at_least(self, text: str) -> int:
         """A lower bound on count(text) that needs no counting (0: nothing known)."""
         return 0
+
+    def at_least_many(self, texts: list[str]) -> list[int]:
+        return [self.at_least(text) for text in texts]
 
     def count_under(self, text: str, limit: int) -> int | None:
         """count(text) when it is under `limit`, else None; counts only when the bound cannot tell."""
@@ -199,15 +201,63 @@ def scrub_sample(sample: Sample, counts: dict[str, int]) -> Sample:
 
 def normalise_text(text: str) -> str:
     """Unicode NFKC, case-folded, whitespace collapsed: what counts as 'the same text'."""
-    return " ".join(unicodedata.normalize("NFKC", text).split()).casefold()  # split() splits on the \s of re
+    return normalise_texts([text])[0]
+
+
+def normalise_texts(texts: list[str]) -> list[str]:
+    """normalise_text() of many texts at once, equal to `" ".join(NFKC(text).split()).casefold()` for each.
+
+    Python's NFKC costs ~100 ns a character once a text has anything to change, and Chinese text nearly
+    always has (full-width punctuation). So the characters whose NFKC is one other character are mapped
+    first, for all the texts in one table lookup; a text is then usually in NFKC already (a fast check),
+    and only the rest (combining marks, ligatures, astral letters) go through unicodedata.normalize. Same
+    result: replacing characters by their own NFKC leaves a text's NFKD, and so its NFKC, unchanged."""
+    import numpy as np
+
+    codes = np.frombuffer("".join(texts).encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+    mapped = _nfkc_of_each_character()[codes].tobytes().decode("utf-32-le", "surrogatepass")
+    normalised, at = [], 0
+    for text in texts:
+        piece, at = mapped[at : at + len(text)], at + len(text)
+        if not unicodedata.is_normalized("NFKC", piece):
+            piece = unicodedata.normalize("NFKC", piece)
+        normalised.append(" ".join(piece.split()).casefold())  # split() splits on the \s of re
+    return normalised
+
+
+@functools.cache
+def _nfkc_of_each_character() -> Any:
+    """Code point -> its NFKC where that is a single character (BMP), else itself."""
+    import numpy as np
+
+    table = np.arange(0x110000, dtype=np.uint32)
+    for code in range(0x10000):
+        single = unicodedata.normalize("NFKC", chr(code))
+        if len(single) == 1:
+            table[code] = ord(single)
+    return table
 
 
 def normalised_turns(sample: Sample) -> list[tuple[str, str]]:
     """(role, normalised content) of every turn but the system prompt; a pair's answers as chosen/rejected."""
-    turns = [(m["role"], normalise_text(m["content"])) for m in sample.messages if m["role"] != "system"]
-    if sample.is_preference:
-        turns += [("chosen", normalise_text(sample.chosen or "")), ("rejected", normalise_text(sample.rejected or ""))]
-    return turns
+    return normalised_turns_many([sample])[0]
+
+
+def normalised_turns_many(samples: list[Sample]) -> list[list[tuple[str, str]]]:
+    """normalised_turns() of many samples, their texts normalised together."""
+    roles = [
+        [m["role"] for m in sample.messages if m["role"] != "system"]
+        + (["chosen", "rejected"] if sample.is_preference else [])
+        for sample in samples
+    ]
+    texts = [
+        text
+        for sample in samples
+        for text in [m["content"] for m in sample.messages if m["role"] != "system"]
+        + ([sample.chosen or "", sample.rejected or ""] if sample.is_preference else [])
+    ]
+    normalised = iter(normalise_texts(texts))
+    return [[(role, next(normalised)) for role in sample_roles] for sample_roles in roles]
 
 
 def content_text(sample: Sample, turns: list[tuple[str, str]] | None = None) -> str:
@@ -303,12 +353,12 @@ def minhash_signatures(texts: list[str], num_perm: int, shingle_size: int = 5, u
 
 def band_hashes(text: str, num_perm: int, bands: int, rows_per_band: int) -> list[int]:
     """The MinHash signature cut into LSH bands; two rows sharing any band hash are near-duplicates."""
-    return band_hashes_many([text], num_perm, bands, rows_per_band)[0]
+    return band_hashes_many([text], num_perm, bands, rows_per_band)[0].tolist()
 
 
-def band_hashes_many(texts: list[str], num_perm: int, bands: int, rows_per_band: int) -> list[list[int]]:
-    """band_hashes() of many texts: each band's values are folded into 64 bits (FNV-style multiply, then
-    murmur3's finaliser) for all texts and bands at once."""
+def band_hashes_many(texts: list[str], num_perm: int, bands: int, rows_per_band: int) -> Any:
+    """band_hashes() of many texts, a uint64 array (texts x bands): each band's values are folded into 64
+    bits (FNV-style multiply, then murmur3's finaliser) for all texts and bands at once."""
     import numpy as np
 
     signatures = minhash_signatures(texts, num_perm, used=bands * rows_per_band)
@@ -320,7 +370,7 @@ def band_hashes_many(texts: list[str], num_perm: int, bands: int, rows_per_band:
     folded ^= folded >> np.uint64(33)
     folded *= np.uint64(0xFF51AFD7ED558CCD)
     folded ^= folded >> np.uint64(33)
-    return folded.tolist()
+    return folded
 
 
 def lsh_bands(threshold: float, num_perm: int) -> tuple[int, int]:
@@ -348,46 +398,67 @@ def lsh_bands(threshold: float, num_perm: int) -> tuple[int, int]:
 
 
 class FirstSeen:
-    """64-bit keys -> the first row (a number) that had them, for millions of rows in little memory:
-    sorted numpy arrays (16 bytes a key) plus a dict of the keys added since the last flush().
-    Keys are looked up and added a chunk at a time."""
+    """64-bit keys -> the first row (a number) that had them, for millions of keys: an open-addressing hash
+    table in two numpy arrays (linear probing, at most half full, 12 bytes a slot). Keys are looked up
+    and added a chunk at a time, each probing round one vectorised step, so a lookup costs about one
+    cache miss however many keys are stored (a sorted array's binary search costs twenty)."""
 
-    def __init__(self) -> None:
+    def __init__(self, capacity: int = 1 << 16) -> None:
         import numpy as np
 
         self._np = np
-        self.keys = np.empty(0, dtype=np.uint64)
-        self.rows = np.empty(0, dtype=np.int64)
-        self.recent: dict[int, int] = {}
+        self.keys = np.zeros(capacity, dtype=np.uint64)  # 0 = an empty slot; key 0 itself lives in `zero`
+        self.rows = np.zeros(capacity, dtype=np.int32)
+        self.size = 0
+        self.zero = -1  # the row of key 0, if seen
 
     def find(self, keys: Any) -> Any:
         """The row that first had each key (a uint64 array), -1 for keys not seen."""
         np = self._np
         found = np.full(len(keys), -1, dtype=np.int64)
-        if len(self.keys) and len(keys):
-            at = np.minimum(np.searchsorted(self.keys, keys), len(self.keys) - 1)
-            hit = self.keys[at] == keys
-            found[hit] = self.rows[at[hit]]
-        if self.recent:
-            recent = np.fromiter(map(self.recent.get, keys.tolist(), repeat(-1)), dtype=np.int64, count=len(keys))
-            found = np.where(found >= 0, found, recent)
+        found[keys == 0] = self.zero
+        mask = np.uint64(len(self.keys) - 1)
+        pending = np.flatnonzero(keys != 0)
+        slots = (keys[pending] & mask).astype(np.int64)
+        while len(pending):
+            stored = self.keys[slots]
+            hit = stored == keys[pending]
+            found[pending[hit]] = self.rows[slots[hit]]
+            going = ~hit & (stored != 0)  # an empty slot ends the probe: not there
+            pending, slots = pending[going], (slots[going] + 1) & int(mask)
         return found
 
     def add(self, keys: Any, rows: Any) -> None:
-        """Remember new keys (a uint64 array, none seen before) with their rows."""
-        self.recent.update(zip(keys.tolist(), rows.tolist(), strict=True))
-
-    def flush(self) -> None:
-        """Merge the recent keys in, once they are many: a quarter of the stored ones, so each key is
-        copied a few times in all. The stable sort of a sorted run plus a short one is a linear merge."""
+        """Remember new keys (a uint64 array of distinct keys, none seen before) with their rows."""
         np = self._np
-        if len(self.recent) < max(50_000, len(self.keys) // 4):
-            return
-        keys = np.concatenate([self.keys, np.fromiter(self.recent, dtype=np.uint64, count=len(self.recent))])
-        rows = np.concatenate([self.rows, np.fromiter(self.recent.values(), dtype=np.int64, count=len(self.recent))])
-        order = np.argsort(keys, kind="stable")
-        self.keys, self.rows = keys[order], rows[order]
-        self.recent = {}
+        if (keys == 0).any():
+            self.zero = int(rows[keys == 0][0])
+            keys, rows = keys[keys != 0], rows[keys != 0]
+        while 2 * (self.size + len(keys)) > len(self.keys):
+            self._grow()
+        self._place(keys, rows.astype(np.int32))
+        self.size += len(keys)
+
+    def _place(self, keys: Any, rows: Any) -> None:
+        np = self._np
+        mask = len(self.keys) - 1
+        slots = (keys & np.uint64(mask)).astype(np.int64)
+        while len(keys):
+            free = np.flatnonzero(self.keys[slots] == 0)
+            _, first = np.unique(slots[free], return_index=True)  # one key per free slot this round
+            placed = free[first]
+            self.keys[slots[placed]], self.rows[slots[placed]] = keys[placed], rows[placed]
+            going = np.ones(len(keys), dtype=bool)
+            going[placed] = False
+            keys, rows, slots = keys[going], rows[going], (slots[going] + 1) & mask
+
+    def _grow(self) -> None:
+        np = self._np
+        used = self.keys != 0
+        keys, rows = self.keys[used], self.rows[used]
+        self.keys = np.zeros(2 * len(self.keys), dtype=np.uint64)
+        self.rows = np.zeros(len(self.keys), dtype=np.int32)
+        self._place(keys, rows)
 
 
 # -------------------------------------------------------------------------------- split and sampling

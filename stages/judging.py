@@ -1,4 +1,4 @@
-"""prepare's per-row judgement: one raw row in, one Verdict out, already rendered to text.
+"""prepare's per-row judgement: a chunk of raw rows in, their Verdicts out, already rendered to text.
 
 Runs in prepare's worker processes, so everything here is pure given its inputs: parse, normalise to the
 internal conversation form, scrub PII, run the row filters (tokens counted only where a bound cannot
@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from stages import filters, token_bounds
-from stages.data import Message, RawRow, Record, RowRejected, Sample, dumps, parse_jsonl_line
+from stages.data import LineBlock, Message, RawRow, Record, RowRejected, Sample, dumps, parse_jsonl_line
 from stages.formats import normalise, to_alpaca, to_chat, to_guide_pair
 from stages.params import Prepare
 
@@ -25,28 +25,43 @@ class PrepareError(ValueError):
 
 
 @dataclass
-class Verdict:
-    """What happened to one input row, already rendered to text so it travels cheaply between
-    processes. `reason` None means kept (so far: duplicates and the mix are decided later)."""
+class Verdicts:
+    """What happened to a chunk of rows (all from one file), column by column, already rendered to text:
+    a chunk travels between processes as a few lists and arrays instead of thousands of objects.
 
-    source: str  # file:line
-    line: int
-    reason: str | None
-    detail: str
-    row_json: str  # the row as read, for the rejects file
-    id: str = ""
-    kind: str = ""  # sft | pref
-    bands: tuple[int, ...] = ()
-    counted: bool = False  # whether `tokens` was counted (for the length statistics)
-    tokens: int = 0
-    opening: str = ""
-    chat_json: str = ""  # the trainers' row (system prompt added)
-    redacted: dict[str, int] = field(default_factory=dict)  # PII kind -> replacements made
-    guide_json: str = ""  # the guide's Alpaca / instruction-chosen-rejected row
+    Row i was kept (so far: duplicates and the mix are decided later) when reasons[i] is None. The
+    judge's kept rows also have the columns from `kept` on, indexed by their position in `kept`."""
 
-    def __reduce__(self) -> tuple[type[Verdict], tuple[Any, ...]]:
-        """Pickled as the tuple of its fields: a worker's chunk of verdicts travels several times faster."""
-        return Verdict, tuple(self.__dict__.values())
+    file: str
+    lines: list[int] = field(default_factory=list)
+    reasons: list[str | None] = field(default_factory=list)
+    details: list[str] = field(default_factory=list)
+    rows: list[str] = field(default_factory=list)  # each row as read, for the rejects file
+    kept: list[int] = field(default_factory=list)  # the rows the judge kept
+    ids: list[str] = field(default_factory=list)
+    bands: Any = None  # uint64 array: a kept row's LSH band hashes per line (no columns: near-dup off)
+    kinds: list[str] = field(default_factory=list)  # sft | pref
+    tokens: list[int] = field(default_factory=list)  # token length, -1 where not counted (statistics)
+    openings: list[str] = field(default_factory=list)
+    chat: list[str] = field(default_factory=list)  # the trainers' row (system prompt added)
+    guide: list[str] = field(default_factory=list)  # the guide's Alpaca / instruction-chosen-rejected row
+    redacted: dict[str, int] = field(default_factory=dict)  # PII kind -> replacements made in the chunk
+
+    def add(self, line: int, reason: str | None, detail: str, row: str) -> None:
+        self.lines.append(line)
+        self.reasons.append(reason)
+        self.details.append(detail)
+        self.rows.append(row)
+
+    def source(self, i: int) -> str:
+        return f"{self.file}:{self.lines[i]}"
+
+    def final(self) -> list[int]:
+        """Positions in `kept` of the rows still kept (after the decisions over the set)."""
+        return [k for k, i in enumerate(self.kept) if self.reasons[i] is None]
+
+    def rejected(self) -> list[int]:
+        return [i for i, reason in enumerate(self.reasons) if reason is not None]
 
 
 @dataclass(frozen=True)
@@ -58,65 +73,79 @@ class Judge:
     near_dup: tuple[int, int, int]  # (num_perm, bands, rows per band); num_perm 0 = off
     guide_only: bool = False  # the guide's CLI writes only the guide's forms; the stage, the trainers' too
 
-    def chunk(self, items: list[RawRow], file: str, fmt: str, columns: dict[str, str], every: int) -> list[Verdict]:
+    def chunk(
+        self, items: LineBlock | list[RawRow], file: str, fmt: str, columns: dict[str, str], every: int
+    ) -> Verdicts:
         """Verdicts for a chunk of rows. Tokens are counted only where a bound cannot decide a filter, and
         for the length statistics in one of `every` kept rows (by a hash of the text); the texts to count
         go to the tokenizer in one batch, as do the kept rows' MinHash signatures."""
-        read = [self.read(item, file, fmt, columns) for item in items]
-        counter, texts = self.rules.tokens, []
-        for verdict, sample in read:
-            if sample is not None:
-                own = filters.own_text(sample)
-                verdict.counted = every == 1 or zlib.crc32(own.encode("utf-8")) % every == 0
-                if verdict.counted or counter.at_least(own) < self.rules.min_tokens:
-                    texts.append(own)
+        verdicts = Verdicts(file)
+        read = [
+            (len(verdicts.lines) - 1, sample)
+            for item in (items.rows() if isinstance(items, LineBlock) else items)
+            if (sample := self.read(item, file, fmt, columns, verdicts)) is not None
+        ]
+        counter, texts, counted = self.rules.tokens, [], []
+        owns = [filters.own_text(sample) for _, sample in read]
+        for own, low in zip(owns, counter.at_least_many(owns), strict=True):
+            counted.append(every == 1 or zlib.crc32(own.encode("utf-8")) % every == 0)
+            if counted[-1] or low < self.rules.min_tokens:
+                texts.append(own)
         counter.prefill(texts)
-        verdicts = [(verdict, "") if sample is None else self.finish(verdict, sample) for verdict, sample in read]
+        passed = []
+        for (i, sample), count in zip(read, counted, strict=True):
+            failing = filters.first_failing(sample, self.rules)
+            if failing is None:
+                passed.append((i, sample, count))
+            else:
+                verdicts.reasons[i], verdicts.details[i] = failing
+        turns = filters.normalised_turns_many([sample for _, sample, _ in passed])
+        contents = [self.finish(verdicts, *row, row_turns) for row, row_turns in zip(passed, turns, strict=True)]
         num_perm, bands, rows = self.near_dup
-        kept = [(verdict, content) for verdict, content in verdicts if verdict.reason is None]
-        if num_perm and kept:
-            all_bands = filters.band_hashes_many([content for _, content in kept], num_perm, bands, rows)
-            for (verdict, _), row_bands in zip(kept, all_bands, strict=True):
-                verdict.bands = tuple(row_bands)
-        return [verdict for verdict, _ in verdicts]
+        if num_perm and contents:
+            verdicts.bands = filters.band_hashes_many(contents, num_perm, bands, rows)
+        return verdicts
 
-    def read(self, item: RawRow, file: str, fmt: str, columns: dict[str, str]) -> tuple[Verdict, Sample | None]:
-        """Parse and normalise one row: a reject verdict, or a pending verdict and the sample."""
+    def read(self, item: RawRow, file: str, fmt: str, columns: dict[str, str], verdicts: Verdicts) -> Sample | None:
+        """Parse and normalise one row into `verdicts`: its sample, or None when it is rejected already."""
         record = item if isinstance(item, Record) else parse_jsonl_line(file, *item)
         if record.error is not None:
             error = record.error
-            raw = json.dumps(error.raw, ensure_ascii=False)
-            return Verdict(record.source, record.line, error.reason, str(error), raw), None
+            verdicts.add(record.line, error.reason, str(error), json.dumps(error.raw, ensure_ascii=False))
+            return None
         row_json = record.raw or json.dumps(record.value, ensure_ascii=False, default=str)
         try:
             sample = normalise(record.value, fmt, columns)
         except RowRejected as err:
-            return Verdict(record.source, record.line, err.reason, err.detail, row_json), None
-        verdict = Verdict(record.source, record.line, None, "", row_json)
+            verdicts.add(record.line, err.reason, err.detail, row_json)
+            return None
+        verdicts.add(record.line, None, "", row_json)
         if self.redact_pii:
-            sample = filters.scrub_sample(sample, verdict.redacted)
-        return verdict, sample
+            sample = filters.scrub_sample(sample, verdicts.redacted)
+        return sample
 
-    def finish(self, verdict: Verdict, sample: Sample) -> tuple[Verdict, str]:
-        """Run the row filters; a kept row gets its id, statistics and output lines. Returns the verdict
-        and the row's normalised content (for its MinHash)."""
-        failing = filters.first_failing(sample, self.rules)
-        if failing is not None:
-            verdict.reason, verdict.detail = failing
-            return verdict, ""
-        turns = filters.normalised_turns(sample)
+    def finish(self, verdicts: Verdicts, i: int, sample: Sample, counted: bool, turns: list[tuple[str, str]]) -> str:
+        """Row i passed the row filters: its id, statistics and output lines, from its normalised turns.
+        Returns the row's normalised content (for its MinHash)."""
         content = filters.content_text(sample, turns)
-        verdict.id = filters.row_id(content)
-        verdict.kind = "pref" if sample.is_preference else "sft"
-        if verdict.counted:
-            verdict.tokens = self.rules.tokens.count(filters.own_text(sample))
-        verdict.opening = normalised_opening(next((text for role, text in reversed(turns) if role == "user"), ""))
+        row_id = filters.row_id(content)
+        verdicts.kept.append(i)
+        verdicts.ids.append(row_id)
+        verdicts.kinds.append("pref" if sample.is_preference else "sft")
+        verdicts.tokens.append(self.rules.tokens.count(filters.own_text(sample)) if counted else -1)
+        verdicts.openings.append(
+            normalised_opening(next((text for role, text in reversed(turns) if role == "user"), ""))
+        )
+        chat = ""
         if not self.guide_only:
             with_system = filters.with_system_prompt(sample, self.rules.system_prompt)
-            verdict.chat_json = dumps({"id": verdict.id, "source": verdict.source, **to_chat(with_system)})
+            chat = dumps({"id": row_id, "source": verdicts.source(i), **to_chat(with_system)})
+        verdicts.chat.append(chat)
+        guide = ""
         if self.guide_only or not sample.is_preference:  # the stage writes only SFT rows in the guide's form
-            verdict.guide_json = dumps(to_guide_pair(sample) if sample.is_preference else to_alpaca(sample))
-        return verdict, content
+            guide = dumps(to_guide_pair(sample) if sample.is_preference else to_alpaca(sample))
+        verdicts.guide.append(guide)
+        return content
 
 
 OPENING_CHARS = re.compile(r"[^\s\d]{1,3}")
@@ -153,6 +182,7 @@ class TokenizerCounter(filters.TokenCounter):
         self.bounds = token_bounds.TokenBounds.of(self.backend.to_str())
         self.skeletons = token_bounds.Skeletons(self.render)
         self.known: dict[str, int] = {}
+        self.lows: dict[str, int] = {}
         super().__init__(self.count, self.count_chat)
 
     def prefill(self, texts: list[str]) -> None:
@@ -163,8 +193,14 @@ class TokenizerCounter(filters.TokenCounter):
         known = self.known.get(text)
         return known if known is not None else len(self.backend.encode(text, add_special_tokens=False))
 
+    def at_least_many(self, texts: list[str]) -> list[int]:
+        lows = self.bounds.at_least_many(texts)
+        self.lows = dict(zip(texts, lows, strict=True))  # the filters ask again, one text at a time
+        return lows
+
     def at_least(self, text: str) -> int:
-        return self.bounds.at_least(text)
+        low = self.lows.get(text)
+        return low if low is not None else self.bounds.at_least(text)
 
     def render(self, messages: list[Message]) -> str:
         return self.tokenizer.apply_chat_template(messages, tokenize=False)

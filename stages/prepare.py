@@ -36,9 +36,9 @@ from pathlib import Path
 from typing import Any
 
 from stages import filters
-from stages.data import DataError, RawRow, Record, dumps, parse_jsonl_line, read_raw_rows
+from stages.data import DataError, LineBlock, RawRow, Record, dumps, parse_jsonl_line, read_chunks
 from stages.formats import NORMALISERS, detect_format, is_preference_format
-from stages.judging import Judge, PrepareError, TokenizerCounter, Verdict, make_judge
+from stages.judging import Judge, PrepareError, TokenizerCounter, Verdicts, make_judge
 from stages.params import ParamsError, Prepare, PrepareSource, load_params
 from stages.tally import SetDecisions, Tally, print_summary, write_plot_data
 
@@ -51,7 +51,7 @@ METRICS_FILE = Path("metrics/prepare.json")
 OPENINGS_PLOT = Path("metrics/prepare_openings.csv")
 LENGTHS_PLOT = Path("metrics/prepare_lengths.csv")
 SPLITS = ("sft_train", "sft_eval", "pref_train", "pref_eval")
-CHUNK_ROWS = 2000  # rows per task sent to a worker; a source with fewer is done in-process
+CHUNK_ROWS = 2000  # lines per task sent to a worker; a source of one chunk is done in-process
 LENGTH_SAMPLE = 20_000  # kept rows per source whose token length the statistics count (at least)
 
 # ------------------------------------------------------------------------------------------- sources
@@ -103,13 +103,17 @@ def sources_from_params(params: Prepare) -> list[Source]:
     return resolved
 
 
-def read_source(source: Source) -> Iterator[RawRow]:
-    """Rows of a local file (JSONL or JSON array), or of a hub dataset through `datasets`."""
+Chunk = LineBlock | list[RawRow]
+
+
+def read_source(source: Source) -> Iterator[Chunk]:
+    """Chunks of CHUNK_ROWS rows of a local file (JSONL or JSON array), or of a hub dataset through
+    `datasets`."""
     if source.config.hub:
-        return read_hub(source.config)
+        return _chunks(read_hub(source.config))
     if not Path(source.name).is_file():
         raise PrepareError(f"{source.name}: source file not found")
-    return read_raw_rows(source.name)
+    return read_chunks(source.name, CHUNK_ROWS)
 
 
 def read_hub(config: PrepareSource) -> Iterator[Record]:
@@ -162,30 +166,35 @@ def _start_worker(judge: Judge) -> None:
     _worker_judge = judge
 
 
-def _judge_chunk(task: tuple[list[RawRow], str, str, dict[str, str], int]) -> list[Verdict]:
+def _judge_chunk(task: tuple[Chunk, str, str, dict[str, str], int]) -> Verdicts:
     assert _worker_judge is not None
     return _worker_judge.chunk(*task)
 
 
 def judge_sources(
     sources: list[Source], judge: Judge, num_proc: int, formats: dict[str, str]
-) -> Iterator[tuple[Source, list[Verdict]]]:
+) -> Iterator[tuple[Source, Verdicts]]:
     """Verdicts for every row of every source, chunk by chunk, in input order. Sources larger than one
     chunk go to `num_proc` forked workers, with at most a few chunks in flight (bounded memory)."""
     pool = None
     try:
         for source in sources:
-            rows = read_source(source)
-            head = list(islice(rows, CHUNK_ROWS))
+            chunks = read_source(source)
+            opening: list[Chunk] = []  # chunks up to the first with rows (and one more: is there more?)
+            head: list[RawRow] = []
+            while (len(opening) < 2 or not head) and (chunk := next(chunks, None)) is not None:
+                opening.append(chunk)
+                head = head or (chunk.rows() if isinstance(chunk, LineBlock) else chunk)
             fmt = formats[source.name] = source_format(source, head)
             log.info("%s: format %s", source.name, fmt)
             columns, source.length_every = source.column_map, length_sample_every(source, head)
-            tasks = ((chunk, source.name, fmt, columns, source.length_every) for chunk in _chunks(_chain(head, rows)))
-            if num_proc > 1 and len(head) == CHUNK_ROWS:
+            tasks = ((chunk, source.name, fmt, columns, source.length_every) for chunk in _chain(opening, chunks))
+            if num_proc > 1 and len(opening) > 1:
                 if pool is None:
                     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # one thread per worker
+                    filters.normalise_texts([])  # builds its character table once, before the fork
                     pool = multiprocessing.get_context("fork").Pool(num_proc, _start_worker, (judge,))
-                results: Iterable[list[Verdict]] = _ordered(pool, tasks, window=2 * num_proc)
+                results: Iterable[Verdicts] = _ordered(pool, tasks, window=2 * num_proc)
             else:
                 results = (judge.chunk(*task) for task in tasks)
             for verdicts in results:
@@ -205,7 +214,7 @@ def length_sample_every(source: Source, head: list[RawRow]) -> int:
     return max(1, round(estimated_rows / LENGTH_SAMPLE))
 
 
-def _chain(head: list[RawRow], rest: Iterator[RawRow]) -> Iterator[RawRow]:
+def _chain(head: list[Chunk], rest: Iterator[Chunk]) -> Iterator[Chunk]:
     yield from head
     yield from rest
 
@@ -215,7 +224,7 @@ def _chunks(rows: Iterator[RawRow]) -> Iterator[list[RawRow]]:
         yield chunk
 
 
-def _ordered(pool: Any, tasks: Iterator[Any], window: int) -> Iterator[list[Verdict]]:
+def _ordered(pool: Any, tasks: Iterator[Any], window: int) -> Iterator[Verdicts]:
     """Like pool.imap, but reads ahead at most `window` chunks (imap would read the whole input)."""
     pending: deque[Any] = deque()
     for task in tasks:
@@ -231,7 +240,7 @@ def _ordered(pool: Any, tasks: Iterator[Any], window: int) -> Iterator[list[Verd
 
 def decided(
     sources: list[Source], params: Prepare, judge: Judge, tally: Tally, formats: dict[str, str]
-) -> Iterator[list[Verdict]]:
+) -> Iterator[Verdicts]:
     """Every row's final verdict, a chunk at a time in input order, counted in `tally`; progress shows
     rows/s."""
     from tqdm import tqdm
@@ -242,12 +251,16 @@ def decided(
             decisions.decide(source, verdicts)
             tally.add(source, verdicts)
             yield verdicts
-            progress.update(len(verdicts))
+            progress.update(len(verdicts.lines))
 
 
-def reject_line(verdict: Verdict) -> str:
-    head = dumps({"source": verdict.source, "reason": verdict.reason, "detail": verdict.detail})
-    return f'{head[:-1]},"row":{verdict.row_json}}}\n'
+def reject_lines(verdicts: Verdicts) -> str:
+    """The rejects file's lines for a chunk: where, why, and the row as read."""
+    lines = []
+    for i in verdicts.rejected():
+        head = dumps({"source": verdicts.source(i), "reason": verdicts.reasons[i], "detail": verdicts.details[i]})
+        lines.append(f'{head[:-1]},"row":{verdicts.rows[i]}}}\n')
+    return "".join(lines)
 
 
 def run_stage(params: Prepare, counter: filters.TokenCounter | None = None) -> dict[str, Any]:
@@ -260,11 +273,11 @@ def run_stage(params: Prepare, counter: filters.TokenCounter | None = None) -> d
     PREPARED_DIR.mkdir(parents=True, exist_ok=True)
     with open(PREPARED_DIR / "rejects.jsonl", "w", encoding="utf-8", newline="\n") as rejects:
         for verdicts in decided(sources, params, judge, tally, formats):
-            rejects.write("".join(reject_line(v) for v in verdicts if v.reason is not None))
-            for verdict in verdicts:
-                if verdict.reason is None:
-                    split = "eval" if filters.is_eval(params.seed, verdict.id, params.eval_fraction) else "train"
-                    kept.append((verdict.id, f"{verdict.kind}_{split}", verdict.chat_json, verdict.guide_json))
+            rejects.write(reject_lines(verdicts))
+            for k in verdicts.final():
+                row_id = verdicts.ids[k]
+                split = "eval" if filters.is_eval(params.seed, row_id, params.eval_fraction) else "train"
+                kept.append((row_id, f"{verdicts.kinds[k]}_{split}", verdicts.chat[k], verdicts.guide[k]))
     kept.sort()
     for name in SPLITS:
         _write_lines(PREPARED_DIR / f"{name}.jsonl", (chat for _, split, chat, _ in kept if split == name))
@@ -291,8 +304,8 @@ def run_cli(
         open(rejects_path(output), "w", encoding="utf-8", newline="\n") as rejects,
     ):
         for verdicts in decided(sources, params, judge, tally, formats):
-            out.write("".join(v.guide_json + "\n" for v in verdicts if v.reason is None))
-            rejects.write("".join(reject_line(v) for v in verdicts if v.reason is not None))
+            out.write("".join([verdicts.guide[k] + "\n" for k in verdicts.final()]))
+            rejects.write(reject_lines(verdicts))
     return tally.summary(sources, formats)
 
 

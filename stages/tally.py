@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from stages import filters
 from stages.data import DataError
-from stages.judging import Verdict
+from stages.judging import Verdicts
 
 if TYPE_CHECKING:
     from stages.prepare import Source
@@ -44,24 +44,24 @@ class SetDecisions:
         self.place_source, self.place_line = array("H"), array("L")
         self.kept_per_source: Counter[str] = Counter()
 
-    def decide(self, source: Source, verdicts: list[Verdict]) -> None:
+    def decide(self, source: Source, verdicts: Verdicts) -> None:
         if self.on_error == "stop":
-            for verdict in verdicts:
-                if verdict.reason in STRUCTURAL_REASONS:
-                    raise DataError(verdict.detail, verdict.reason)
-        kept = [v for v in verdicts if v.reason is None]
-        if kept:
-            self._dedup(kept)
-            self._mix(source, [v for v in kept if v.reason is None])
+            for i, reason in enumerate(verdicts.reasons):
+                if reason in STRUCTURAL_REASONS:
+                    raise DataError(verdicts.details[i], reason)
+        if verdicts.kept:
+            self._dedup(verdicts)
+            self._mix(source, verdicts)
 
-    def _dedup(self, kept: list[Verdict]) -> None:
+    def _dedup(self, verdicts: Verdicts) -> None:
         """Exact and near duplicates of a chunk's rows, looked up together. A row none of whose keys is
         stored or shared with another row of the chunk is new: only the others are decided one by one,
         in input order, as each may have an earlier row of the chunk to be a duplicate of."""
         import numpy as np
 
-        ids = np.array([int(v.id, 16) for v in kept], dtype=np.uint64)
-        bands = np.array([v.bands for v in kept], dtype=np.uint64).reshape(len(kept), -1)
+        kept = verdicts.kept
+        ids = np.frombuffer(bytes.fromhex("".join(verdicts.ids)), dtype=">u8").astype(np.uint64)
+        bands = verdicts.bands if verdicts.bands is not None else np.empty((len(kept), 0), dtype=np.uint64)
         stored_id = self.ids.find(ids)
         stored_bands = self.bands.find(bands.ravel()).reshape(bands.shape)
         suspects = (
@@ -70,52 +70,54 @@ class SetDecisions:
             | _repeated(ids)
             | _repeated(bands.ravel()).reshape(bands.shape).any(axis=1)
         )
-        rows = self.remember(kept)
+        rows = self.remember(verdicts)
         new = np.ones(len(kept), dtype=bool)
         seen_ids: dict[int, int] = {}
         seen_bands: dict[int, int] = {}
-        for i in np.flatnonzero(suspects).tolist():
-            verdict, key, row_bands = kept[i], int(ids[i]), bands[i].tolist()
-            earlier = int(stored_id[i]) if stored_id[i] >= 0 else seen_ids.get(key)
+        for k in np.flatnonzero(suspects).tolist():
+            i, key, row_bands = kept[k], int(ids[k]), bands[k].tolist()
+            earlier = int(stored_id[k]) if stored_id[k] >= 0 else seen_ids.get(key)
             if earlier is not None:
-                verdict.reason, verdict.detail = "duplicate", f"same content as {self.place(earlier)}"
+                verdicts.reasons[i], verdicts.details[i] = "duplicate", f"same content as {self.place(earlier)}"
             else:
-                stored = stored_bands[i].tolist()
+                stored = stored_bands[k].tolist()
                 hits = (hit if hit >= 0 else seen_bands.get(band) for hit, band in zip(stored, row_bands, strict=True))
                 similar = next((hit for hit in hits if hit is not None), None)
                 if similar is None:
-                    seen_ids[key] = int(rows[i])
-                    seen_bands.update(dict.fromkeys(row_bands, int(rows[i])))
+                    seen_ids[key] = int(rows[k])
+                    seen_bands.update(dict.fromkeys(row_bands, int(rows[k])))
                     continue
-                verdict.reason, verdict.detail = "near_duplicate", f"near-duplicate of {self.place(similar)}"
-            new[i] = False
+                verdicts.reasons[i], verdicts.details[i] = "near_duplicate", f"near-duplicate of {self.place(similar)}"
+            new[k] = False
         self.ids.add(ids[new], rows[new])
         self.bands.add(bands[new].ravel(), np.repeat(rows[new], bands.shape[1]))
-        self.ids.flush()
-        self.bands.flush()
 
-    def remember(self, verdicts: list[Verdict]) -> Any:
-        """Row numbers for these rows, which remember where each came from."""
+    def remember(self, verdicts: Verdicts) -> Any:
+        """Row numbers for the judge's kept rows, which remember where each came from."""
         import numpy as np
 
         first = len(self.place_line)
-        name = verdicts[0].source.rsplit(":", 1)[0]  # a chunk comes from one source
-        if not self.sources or self.sources[-1] != name:
-            self.sources.append(name)
-        self.place_source.extend([len(self.sources) - 1] * len(verdicts))
-        self.place_line.extend([v.line for v in verdicts])
+        if not self.sources or self.sources[-1] != verdicts.file:  # a chunk comes from one source
+            self.sources.append(verdicts.file)
+        self.place_source.extend([len(self.sources) - 1] * len(verdicts.kept))
+        self.place_line.extend([verdicts.lines[i] for i in verdicts.kept])
         return np.arange(first, len(self.place_line), dtype=np.int64)
 
     def place(self, row: int) -> str:
         return f"{self.sources[self.place_source[row]]}:{self.place_line[row]}"
 
-    def _mix(self, source: Source, kept: list[Verdict]) -> None:
+    def _mix(self, source: Source, verdicts: Verdicts) -> None:
         weight, max_rows = source.config.weight, source.config.max_rows
-        for verdict in kept:
-            if weight < 1 and not filters.is_sampled(self.seed, verdict.id, weight):
-                verdict.reason, verdict.detail = "not_sampled", f"outside the source's weight {weight} sample"
+        final = verdicts.final()
+        if weight >= 1 and not max_rows:
+            self.kept_per_source[source.name] += len(final)
+            return
+        for k in final:
+            i = verdicts.kept[k]
+            if weight < 1 and not filters.is_sampled(self.seed, verdicts.ids[k], weight):
+                verdicts.reasons[i], verdicts.details[i] = "not_sampled", f"outside the source's weight {weight} sample"
             elif max_rows and self.kept_per_source[source.name] >= max_rows:
-                verdict.reason, verdict.detail = "over_cap", f"the source already gave max_rows {max_rows}"
+                verdicts.reasons[i], verdicts.details[i] = "over_cap", f"the source already gave max_rows {max_rows}"
             else:
                 self.kept_per_source[source.name] += 1
 
@@ -147,22 +149,20 @@ class Tally:
     counted: int = 0  # kept rows whose token length was counted
     redacted: Counter[str] = field(default_factory=Counter)
 
-    def add(self, source: Source, verdicts: list[Verdict]) -> None:
-        self.rows_in[source.name] += len(verdicts)
-        kept = [v for v in verdicts if v.reason is None]
-        self.kept[source.name] += len(kept)
-        self.openings.update(v.opening for v in kept)
-        counted = [v.tokens for v in kept if v.counted]  # a sample of one in `length_every` rows ...
+    def add(self, source: Source, verdicts: Verdicts) -> None:
+        self.rows_in[source.name] += len(verdicts.lines)
+        final = verdicts.final()
+        self.kept[source.name] += len(final)
+        self.openings.update([verdicts.openings[k] for k in final])
+        counted = [tokens for k in final if (tokens := verdicts.tokens[k]) >= 0]  # one in `length_every` ...
         self.counted += len(counted)
         for tokens, rows in Counter(counted).items():
             self.lengths[tokens] += rows * source.length_every  # ... stands for that many
-        rejected = Counter(v.reason for v in verdicts if v.reason is not None)
+        rejected = Counter(reason for reason in verdicts.reasons if reason is not None)
         if rejected:
             self.rejected.update(rejected)
             self.rejected_per_source.setdefault(source.name, Counter()).update(rejected)
-        for verdict in verdicts:
-            if verdict.redacted:
-                self.redacted.update(verdict.redacted)
+        self.redacted.update(verdicts.redacted)
 
     def summary(self, sources: list[Source], formats: dict[str, str]) -> dict[str, Any]:
         kept, near = sum(self.kept.values()), self.rejected["near_duplicate"]

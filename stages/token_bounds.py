@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import math
+import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
@@ -95,6 +96,7 @@ class TokenBounds:
 
     normalizer: NormalizerBounds
     longest_piece: int | None  # bytes; None when a token can cover any number of bytes
+    weights: CharWeights | None = None  # a tighter lower bound, where it holds
 
     @classmethod
     def of(cls, tokenizer_json: str) -> TokenBounds:
@@ -102,17 +104,28 @@ class TokenBounds:
         model = spec.get("model", {})
         vocab = model.get("vocab", {})
         pieces = list(vocab) if isinstance(vocab, dict) else [piece for piece, _ in vocab]
-        pieces += [token["content"] for token in spec.get("added_tokens", [])]
+        added = [token["content"] for token in spec.get("added_tokens", [])]
         fuses_unknown = model.get("fuse_unk") and not model.get("byte_fallback")
         bounded = model.get("type") == "BPE" and not fuses_unknown and _keeps_all_text(spec.get("pre_tokenizer"))
-        longest = max([4, *(len(p.encode("utf-8")) for p in pieces)]) if bounded else None
-        return cls(NormalizerBounds.of(spec.get("normalizer")), longest)
+        longest = max([4, *(len(p.encode("utf-8")) for p in pieces + added)]) if bounded else None
+        normalizer = NormalizerBounds.of(spec.get("normalizer"))
+        weights = CharWeights.of(spec, pieces, added) if bounded and normalizer.known else None
+        return cls(normalizer, longest, weights)
 
     def at_least(self, text: str) -> int:
-        fewest = self.normalizer.fewest_bytes(text)
-        if fewest is None or self.longest_piece is None:
-            return 0
-        return math.ceil(fewest / self.longest_piece)
+        return self.at_least_many([text])[0]
+
+    def at_least_many(self, texts: list[str]) -> list[int]:
+        """at_least() of many texts: the byte bound, or the character-weight bound where it is tighter."""
+        if self.longest_piece is None:
+            return [0] * len(texts)
+        lows = []
+        for text in texts:
+            fewest = self.normalizer.fewest_bytes(text)
+            lows.append(0 if fewest is None else math.ceil(fewest / self.longest_piece))
+        if self.weights is not None:
+            lows = [max(low, weighed) for low, weighed in zip(lows, self.weights.at_least_many(texts), strict=True)]
+        return lows
 
     def at_most(self, text: str, segments: int = 1) -> int | None:
         most = self.normalizer.most_bytes(text, segments)
@@ -122,6 +135,99 @@ class TokenBounds:
         """at_most() of any text of `chars` characters (looser, and free)."""
         most = self.normalizer.most_bytes_for(chars, segments)
         return None if most is None else most + segments
+
+
+@dataclass(frozen=True)
+class CharWeights:
+    """A lower bound on BPE tokens from the characters themselves, much tighter than bytes / longest piece.
+
+    Give each unit (a character; a byte for byte-level BPE) the weight 1 / L, L the length of the longest
+    piece containing it (1 when no piece does: it becomes at least one token of its own). A token's units
+    then weigh at most 1 in all (each weighs at most 1 / its length), so a text needs at least as many
+    tokens as its units weigh. Holds when the units the model sees are the raw text's: no normaliser but
+    Prepend (it only adds), single-character Replace (the replaced character weighs what its replacement
+    does; so do the spaces a Metaspace pre-tokenizer replaces) and NFC (texts already in NFC only)."""
+
+    table: Any  # numpy float64: weight per code point (characters) or per byte value (byte-level)
+    byte_level: bool
+    nfc: bool
+
+    @classmethod
+    def of(cls, spec: dict[str, Any], pieces: list[str], added: list[str]) -> CharWeights | None:
+        import numpy as np
+
+        normalizer = spec.get("normalizer") or {}
+        parts = normalizer.get("normalizers", []) if normalizer.get("type") == "Sequence" else [normalizer]
+        parts = [part for part in parts if part]
+        byte_level = bool(_pre_tokenizers(spec.get("pre_tokenizer"), "ByteLevel"))
+        kinds = {part.get("type") for part in parts}
+        allowed = {"NFC"} if byte_level else {"NFC", "Prepend", "Replace"}
+        if not kinds <= allowed or ("NFC" in kinds and len(parts) > 1):
+            return None
+        replaces = [(part["pattern"].get("String", ""), part["content"]) for part in parts if part["type"] == "Replace"]
+        if any(len(pattern) != 1 for pattern, _ in replaces):
+            return None
+        replaces += [(" ", replacement) for replacement in _pre_tokenizers(spec.get("pre_tokenizer"), "Metaspace")]
+        if byte_level:  # pieces are spelt in the byte-level alphabet; added tokens match the raw text
+            alphabet = _byte_level_alphabet()
+            units = {char: code for code, char in enumerate(alphabet)}
+            spelt = [[units[c] for c in piece if c in units] for piece in pieces]
+            spelt += [list(token.encode("utf-8")) for token in added]
+            size = 256
+        else:
+            spelt = [[ord(c) for c in piece] for piece in pieces + added]
+            size = 0x110000
+        longest = np.ones(size, dtype=np.int64)
+        for units_of_piece in spelt:
+            for unit in units_of_piece:
+                longest[unit] = max(longest[unit], len(units_of_piece))
+        table = 1.0 / longest
+        for pattern, content in replaces:  # the replacement's characters stand where the pattern was
+            table[ord(pattern)] = sum(table[ord(c)] for c in content)
+        return cls(table, byte_level, "NFC" in kinds)
+
+    def at_least_many(self, texts: list[str]) -> list[int]:
+        import numpy as np
+
+        if not texts:
+            return []
+        if self.byte_level:
+            encoded = [text.encode("utf-8", "surrogatepass") for text in texts]
+            units = np.frombuffer(b"".join(encoded), dtype=np.uint8)
+            lengths = [len(e) for e in encoded]
+        else:
+            units = np.frombuffer("".join(texts).encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+            lengths = [len(text) for text in texts]
+        totals = np.concatenate([[0.0], np.cumsum(self.table[units])])
+        ends = np.cumsum(lengths)
+        weights = (totals[ends] - totals[ends - lengths]).tolist()
+        # Rounding in the sums is far below 1e-6; a text NFC would change gets no bound from here.
+        return [
+            math.ceil(weight - 1e-6) if not self.nfc or unicodedata.is_normalized("NFC", text) else 0
+            for weight, text in zip(weights, texts, strict=True)
+        ]
+
+
+def _pre_tokenizers(pre_tokenizer: dict[str, Any] | None, kind: str) -> list[str]:
+    """The pre-tokenizers of this kind (their `replacement`, for Metaspace, which turns spaces into it)."""
+    if pre_tokenizer is None:
+        return []
+    if pre_tokenizer.get("type") == "Sequence":
+        return [found for part in pre_tokenizer["pretokenizers"] for found in _pre_tokenizers(part, kind)]
+    return [pre_tokenizer.get("replacement", "▁")] if pre_tokenizer.get("type") == kind else []
+
+
+def _byte_level_alphabet() -> list[str]:
+    """GPT-2's byte -> printable character map, as the ByteLevel pre-tokenizer spells bytes."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    alphabet, extra = {}, 0
+    for byte in range(256):
+        if byte in printable:
+            alphabet[byte] = chr(byte)
+        else:
+            alphabet[byte] = chr(256 + extra)
+            extra += 1
+    return [alphabet[byte] for byte in range(256)]
 
 
 KEEPS_TEXT = {"Metaspace", "ByteLevel", "Digits", "Punctuation", "UnicodeScripts", "Split"}

@@ -410,20 +410,26 @@ def test_two_worker_processes_give_the_same_files_as_one(
     assert (tmp_path / "one.rejects.jsonl").read_bytes() == (tmp_path / "two.rejects.jsonl").read_bytes()
 
 
-def test_first_seen_remembers_keys_across_flushes() -> None:
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.lists(st.integers(0, 2**64 - 1) | st.integers(0, 40), max_size=300), max_size=12))
+def test_first_seen_finds_what_a_dict_would(batches: list[list[int]]) -> None:
+    """Batches of keys (small ones collide in the table's slots, 0 included) looked up and then added,
+    from a tiny table that has to grow: the same answers as a plain dict of first rows."""
     import numpy as np
 
     from stages.filters import FirstSeen
 
-    seen = FirstSeen()
-    keys = np.arange(60_000, dtype=np.uint64) * np.uint64(7) + np.uint64(2**63)
-    for start in range(0, 60_000, 2000):  # past the flush threshold, so the numpy arrays are used
-        seen.add(keys[start : start + 2000], np.arange(start, start + 2000))
-    seen.flush()
-    assert len(seen.keys) == 60_000 and not seen.recent
-    seen.add(np.array([5], dtype=np.uint64), np.array([99]))
-    found = seen.find(np.array([7 * 123 + 2**63, 5, 8, 7 * 60_000 + 2**63], dtype=np.uint64))
-    assert found.tolist() == [123, 99, -1, -1]
+    seen, reference, row = FirstSeen(capacity=4), {}, 0
+    for batch in batches:
+        keys = np.array(batch, dtype=np.uint64)
+        assert seen.find(keys).tolist() == [reference.get(key, -1) for key in batch]
+        new = [key for key in dict.fromkeys(batch) if key not in reference]
+        rows = list(range(row, row + len(new)))
+        seen.add(np.array(new, dtype=np.uint64), np.array(rows, dtype=np.int64))
+        reference.update(zip(new, rows, strict=True))
+        row += len(new)
+    everything = np.array(list(reference) + [2**64 - 2, 41], dtype=np.uint64)
+    assert seen.find(everything).tolist() == [*reference.values(), *[reference.get(k, -1) for k in (2**64 - 2, 41)]]
 
 
 def test_params_out_of_range_are_named(tmp_path: Path) -> None:

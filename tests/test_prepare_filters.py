@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -97,12 +98,13 @@ def test_eval_split_takes_about_the_fraction_and_never_moves() -> None:
 
 
 CORPUS = [TEXT, "What is the derivative of x squared?", "解方程 2x + 5 = 17。", "你是教学助手。"] * 20
-KINDS = ("sentencepiece", "byte_level_nfc", "nfkc_whitespace")
+KINDS = ("sentencepiece", "byte_level_nfc", "metaspace", "nfkc_whitespace")
 
 
 def build_tokenizer(kind: str, path: Path) -> Path:
     """A small tokenizer saved like models/base, with the ChatML template. sentencepiece: the tiny base's
     layout (Prepend + Replace normaliser, byte fallback); byte_level_nfc: Qwen2's (NFC, byte-level BPE);
+    metaspace: spaces replaced by the pre-tokenizer (Llama/Mistral conversions);
     nfkc_whitespace: a normaliser and pre-tokenizer the bounds do not cover (everything counted)."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -123,6 +125,11 @@ def build_tokenizer(kind: str, path: Path) -> Path:
         trainer = trainers.BpeTrainer(
             vocab_size=600, special_tokens=special, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
         )
+    elif kind == "metaspace":  # spaces become "▁" in the pre-tokenizer, not the normaliser
+        tokenizer = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
+        tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
+        tokenizer.decoder = decoders.Metaspace()
+        trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=special)
     else:
         tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
         tokenizer.normalizer = normalizers.NFKC()
@@ -185,10 +192,11 @@ def test_unknown_characters_still_respect_the_byte_bound(tokenizer_dir: Path) ->
         assert counter.count_chat_over(messages, limit) == (exact if exact > limit else None)
 
 
-TEXTS = st.text(
-    alphabet=st.sampled_from(list("光合作用是绿色植物 the derivative of x 2+5=17。，？！\n\t　ＡＢ①ﬁ𝔘é") + ["\u0301"]),
-    max_size=120,
-)
+WHOLE = ["<|im_end|>", TEXT[:9], " What is the derivative of x squared?"]  # an added token, (parts of) pieces
+TEXTS = st.lists(
+    st.sampled_from([*"光合作用是绿色植物 the derivative of x 2+5=17。，？！\n\t　ＡＢ①ﬁ𝔘é▁", "\u0301", *WHOLE]),
+    max_size=60,
+).map("".join)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -247,3 +255,15 @@ def test_template_skeleton_is_refused_when_a_content_is_repeated() -> None:
 def test_missing_tokenizer_says_what_to_do(tmp_path: Path) -> None:
     with pytest.raises(prepare.PrepareError, match=r"no tokenizer here; run the base stage first"):
         prepare.TokenizerCounter(tmp_path / "models" / "base")
+
+
+# Characters where NFKC does something: full-width forms, ligatures, compatibility and combining marks,
+# Hangul jamo, astral mathematical letters, a lone surrogate; and any character at all.
+NFKC_PROBES = "Ｈｅ，：？　ﬁ①㎏½é\u0301\u0327\u1100\u1161\u11a8가𝐀𝟏\ud800\u3099か\u212b\u2126 \t\n"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.text(alphabet=st.sampled_from(NFKC_PROBES) | st.characters(), max_size=40), max_size=8))
+def test_batch_normalisation_is_plain_nfkc_casefold_and_spacing(texts: list[str]) -> None:
+    expected = [" ".join(unicodedata.normalize("NFKC", text).split()).casefold() for text in texts]
+    assert filters.normalise_texts(texts) == expected
