@@ -62,7 +62,7 @@ class Record:
     line: int
     value: Any = None
     error: DataError | None = None
-    raw: str = ""  # the line as read, when there is one (JSONL)
+    raw: bytes = b""  # the line as read, when there is one (JSONL)
 
     @property
     def source(self) -> str:
@@ -171,7 +171,7 @@ def parse_jsonl_line(file: str, line_no: int, raw: bytes) -> Record:
         pass
     else:
         if isinstance(value, dict):
-            return Record(file, line_no, value, raw=raw.decode("utf-8"))
+            return Record(file, line_no, value, raw=raw)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
@@ -207,7 +207,7 @@ def parse_jsonl_line(file: str, line_no: int, raw: bytes) -> Record:
                 text,
             ),
         )
-    return Record(file, line_no, value, raw=text)
+    return Record(file, line_no, value, raw=raw)
 
 
 def _is_one_object(path: Path) -> bool:
@@ -291,10 +291,15 @@ def _line_of(text: str, pos: int) -> int:
 def dumps(row: dict[str, Any]) -> str:
     """The one JSON line form every output uses: compact UTF-8 text, keys in the order given. A string
     with a lone surrogate (valid in JSON as an escape, not as UTF-8) is written escaped."""
+    return dumpb(row).decode("utf-8")
+
+
+def dumpb(row: dict[str, Any]) -> bytes:
+    """dumps() as UTF-8 bytes, ready for a file opened in binary mode."""
     try:
-        return orjson.dumps(row).decode("utf-8")
+        return orjson.dumps(row)
     except TypeError:
-        return json.dumps(row, separators=(",", ":"))
+        return json.dumps(row, separators=(",", ":")).encode("ascii")
 
 
 def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> int:

@@ -445,9 +445,9 @@ class FirstSeen:
         slots = (keys & np.uint64(mask)).astype(np.int64)
         while len(keys):
             free = np.flatnonzero(self.keys[slots] == 0)
-            _, first = np.unique(slots[free], return_index=True)  # one key per free slot this round
-            placed = free[first]
-            self.keys[slots[placed]], self.rows[slots[placed]] = keys[placed], rows[placed]
+            self.keys[slots[free]] = keys[free]  # keys after the same free slot: one of them lands
+            placed = free[self.keys[slots[free]] == keys[free]]
+            self.rows[slots[placed]] = rows[placed]
             going = np.ones(len(keys), dtype=bool)
             going[placed] = False
             keys, rows, slots = keys[going], rows[going], (slots[going] + 1) & mask

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from stages import filters, token_bounds
-from stages.data import LineBlock, Message, RawRow, Record, RowRejected, Sample, dumps, parse_jsonl_line
+from stages.data import LineBlock, Message, RawRow, Record, RowRejected, Sample, dumpb, parse_jsonl_line
 from stages.formats import normalise, to_alpaca, to_chat, to_guide_pair
 from stages.params import Prepare
 
@@ -36,18 +36,19 @@ class Verdicts:
     lines: list[int] = field(default_factory=list)
     reasons: list[str | None] = field(default_factory=list)
     details: list[str] = field(default_factory=list)
-    rows: list[str] = field(default_factory=list)  # each row as read, for the rejects file
+    rows: list[bytes] = field(default_factory=list)  # each row as read (JSON), for the rejects file
     kept: list[int] = field(default_factory=list)  # the rows the judge kept
     ids: list[str] = field(default_factory=list)
     bands: Any = None  # uint64 array: a kept row's LSH band hashes per line (no columns: near-dup off)
     kinds: list[str] = field(default_factory=list)  # sft | pref
     tokens: list[int] = field(default_factory=list)  # token length, -1 where not counted (statistics)
     openings: list[str] = field(default_factory=list)
-    chat: list[str] = field(default_factory=list)  # the trainers' row (system prompt added)
-    guide: list[str] = field(default_factory=list)  # the guide's Alpaca / instruction-chosen-rejected row
+    chat: list[bytes] = field(default_factory=list)  # the trainers' row (system prompt added), a JSON line
+    guide: list[bytes] = field(default_factory=list)  # the guide's Alpaca / instruction-chosen-rejected row
     redacted: dict[str, int] = field(default_factory=dict)  # PII kind -> replacements made in the chunk
+    still: list[int] = field(default_factory=list)  # final() once the decisions over the set are taken
 
-    def add(self, line: int, reason: str | None, detail: str, row: str) -> None:
+    def add(self, line: int, reason: str | None, detail: str, row: bytes) -> None:
         self.lines.append(line)
         self.reasons.append(reason)
         self.details.append(detail)
@@ -58,7 +59,8 @@ class Verdicts:
 
     def final(self) -> list[int]:
         """Positions in `kept` of the rows still kept (after the decisions over the set)."""
-        return [k for k, i in enumerate(self.kept) if self.reasons[i] is None]
+        reasons = self.reasons
+        return [k for k, i in enumerate(self.kept) if reasons[i] is None]
 
     def rejected(self) -> list[int]:
         return [i for i, reason in enumerate(self.reasons) if reason is not None]
@@ -111,9 +113,9 @@ class Judge:
         record = item if isinstance(item, Record) else parse_jsonl_line(file, *item)
         if record.error is not None:
             error = record.error
-            verdicts.add(record.line, error.reason, str(error), json.dumps(error.raw, ensure_ascii=False))
+            verdicts.add(record.line, error.reason, str(error), json.dumps(error.raw, ensure_ascii=False).encode())
             return None
-        row_json = record.raw or json.dumps(record.value, ensure_ascii=False, default=str)
+        row_json = record.raw or _json_bytes(record.value)
         try:
             sample = normalise(record.value, fmt, columns)
         except RowRejected as err:
@@ -136,16 +138,21 @@ class Judge:
         verdicts.openings.append(
             normalised_opening(next((text for role, text in reversed(turns) if role == "user"), ""))
         )
-        chat = ""
+        chat = b""
         if not self.guide_only:
             with_system = filters.with_system_prompt(sample, self.rules.system_prompt)
-            chat = dumps({"id": row_id, "source": verdicts.source(i), **to_chat(with_system)})
+            chat = dumpb({"id": row_id, "source": verdicts.source(i), **to_chat(with_system)})
         verdicts.chat.append(chat)
-        guide = ""
+        guide = b""
         if self.guide_only or not sample.is_preference:  # the stage writes only SFT rows in the guide's form
-            guide = dumps(to_guide_pair(sample) if sample.is_preference else to_alpaca(sample))
+            guide = dumpb(to_guide_pair(sample) if sample.is_preference else to_alpaca(sample))
         verdicts.guide.append(guide)
         return content
+
+
+def _json_bytes(value: Any) -> bytes:
+    """A parsed row as JSON text again; a lone surrogate (from a \\ud800 escape) is written as that escape."""
+    return json.dumps(value, ensure_ascii=False, default=str).encode("utf-8", "backslashreplace")
 
 
 OPENING_CHARS = re.compile(r"[^\s\d]{1,3}")

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from stages import filters
-from stages.data import DataError, LineBlock, RawRow, Record, dumps, parse_jsonl_line, read_chunks
+from stages.data import DataError, LineBlock, RawRow, Record, dumpb, parse_jsonl_line, read_chunks
 from stages.formats import NORMALISERS, detect_format, is_preference_format
 from stages.judging import Judge, PrepareError, TokenizerCounter, Verdicts, make_judge
 from stages.params import ParamsError, Prepare, PrepareSource, load_params
@@ -249,18 +249,19 @@ def decided(
     with tqdm(unit=" rows", desc="prepare", disable=None, smoothing=0.1) as progress:
         for source, verdicts in judge_sources(sources, judge, params.num_proc, formats):
             decisions.decide(source, verdicts)
+            verdicts.still = verdicts.final()
             tally.add(source, verdicts)
             yield verdicts
             progress.update(len(verdicts.lines))
 
 
-def reject_lines(verdicts: Verdicts) -> str:
+def reject_lines(verdicts: Verdicts) -> bytes:
     """The rejects file's lines for a chunk: where, why, and the row as read."""
     lines = []
     for i in verdicts.rejected():
-        head = dumps({"source": verdicts.source(i), "reason": verdicts.reasons[i], "detail": verdicts.details[i]})
-        lines.append(f'{head[:-1]},"row":{verdicts.rows[i]}}}\n')
-    return "".join(lines)
+        head = dumpb({"source": verdicts.source(i), "reason": verdicts.reasons[i], "detail": verdicts.details[i]})
+        lines += [head[:-1], b',"row":', verdicts.rows[i], b"}\n"]
+    return b"".join(lines)
 
 
 def run_stage(params: Prepare, counter: filters.TokenCounter | None = None) -> dict[str, Any]:
@@ -269,12 +270,12 @@ def run_stage(params: Prepare, counter: filters.TokenCounter | None = None) -> d
     sources = sources_from_params(params)
     judge = make_judge(params, counter or TokenizerCounter(TOKENIZER_DIR))
     tally, formats = Tally(), {}
-    kept: list[tuple[str, str, str, str]] = []  # (id, split, chat row, guide row): sorted by id below
+    kept: list[tuple[str, str, bytes, bytes]] = []  # (id, split, chat row, guide row): sorted by id below
     PREPARED_DIR.mkdir(parents=True, exist_ok=True)
-    with open(PREPARED_DIR / "rejects.jsonl", "w", encoding="utf-8", newline="\n") as rejects:
+    with open(PREPARED_DIR / "rejects.jsonl", "wb") as rejects:
         for verdicts in decided(sources, params, judge, tally, formats):
             rejects.write(reject_lines(verdicts))
-            for k in verdicts.final():
+            for k in verdicts.still:
                 row_id = verdicts.ids[k]
                 split = "eval" if filters.is_eval(params.seed, row_id, params.eval_fraction) else "train"
                 kept.append((row_id, f"{verdicts.kinds[k]}_{split}", verdicts.chat[k], verdicts.guide[k]))
@@ -299,12 +300,9 @@ def run_cli(
     judge = make_judge(params, counter, guide_only=True)
     tally, formats = Tally(), {}
     output.parent.mkdir(parents=True, exist_ok=True)
-    with (
-        open(output, "w", encoding="utf-8", newline="\n") as out,
-        open(rejects_path(output), "w", encoding="utf-8", newline="\n") as rejects,
-    ):
+    with open(output, "wb") as out, open(rejects_path(output), "wb") as rejects:
         for verdicts in decided(sources, params, judge, tally, formats):
-            out.write("".join([verdicts.guide[k] + "\n" for k in verdicts.final()]))
+            out.write(b"".join([verdicts.guide[k] + b"\n" for k in verdicts.still]))
             rejects.write(reject_lines(verdicts))
     return tally.summary(sources, formats)
 
@@ -313,11 +311,11 @@ def rejects_path(output: Path) -> Path:
     return output.with_name(f"{output.stem}.rejects.jsonl")
 
 
-def _write_lines(path: Path, lines: Iterable[str]) -> None:
+def _write_lines(path: Path, lines: Iterable[bytes]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8", newline="\n") as f:
+    with open(path, "wb") as f:
         for line in lines:
-            f.write(line + "\n")
+            f.write(line + b"\n")
 
 
 # ---------------------------------------------------------------------------------------------- CLI

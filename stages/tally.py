@@ -151,7 +151,7 @@ class Tally:
 
     def add(self, source: Source, verdicts: Verdicts) -> None:
         self.rows_in[source.name] += len(verdicts.lines)
-        final = verdicts.final()
+        final = verdicts.still
         self.kept[source.name] += len(final)
         self.openings.update([verdicts.openings[k] for k in final])
         counted = [tokens for k in final if (tokens := verdicts.tokens[k]) >= 0]  # one in `length_every` ...
