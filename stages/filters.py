@@ -208,34 +208,71 @@ def normalise_texts(texts: list[str]) -> list[str]:
     """normalise_text() of many texts at once, equal to `" ".join(NFKC(text).split()).casefold()` for each.
 
     Python's NFKC costs ~100 ns a character once a text has anything to change, and Chinese text nearly
-    always has (full-width punctuation). So the characters whose NFKC is one other character are mapped
-    first, for all the texts in one table lookup; a text is then usually in NFKC already (a fast check),
-    and only the rest (combining marks, ligatures, astral letters) go through unicodedata.normalize. Same
-    result: replacing characters by their own NFKC leaves a text's NFKD, and so its NFKC, unchanged."""
+    always has (full-width punctuation). So the texts go through array operations together instead: a
+    table takes each character to its NFKC, case-folded, and runs of whitespace are collapsed. That is
+    exact for text made of "plain" characters, each of which becomes one character that is in NFKC on
+    its own and cannot combine with a neighbour (quick check Yes, combining class 0): replacing
+    characters by their own NFKC leaves a text's NFKD, so its NFKC, unchanged. A text with any other
+    character (combining marks, Hangul jamo, ligatures, ß, astral letters ...) takes unicodedata's way."""
     import numpy as np
 
-    codes = np.frombuffer("".join(texts).encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
-    mapped = _nfkc_of_each_character()[codes].tobytes().decode("utf-32-le", "surrogatepass")
-    normalised, at = [], 0
-    for text in texts:
-        piece, at = mapped[at : at + len(text)], at + len(text)
-        if not unicodedata.is_normalized("NFKC", piece):
-            piece = unicodedata.normalize("NFKC", piece)
-        normalised.append(" ".join(piece.split()).casefold())  # split() splits on the \s of re
-    return normalised
+    if not texts:
+        return []
+    folded, plain, space = _character_tables()
+    raw = np.frombuffer("".join(texts).encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+    lengths = np.fromiter(map(len, texts), dtype=np.int64, count=len(texts))
+    ends = np.cumsum(lengths)
+    starts = ends - lengths
+    blank = space[raw]
+    after_blank = np.ones(len(raw), dtype=bool)  # a text's first character counts as after a blank
+    after_blank[1:] = blank[:-1]
+    after_blank[starts[lengths > 0]] = True
+    words = _running(~blank)  # non-blank characters before each position
+    last = words[np.repeat(ends, lengths)] == words[1:]  # no non-blank after this one in its text
+    keep = ~(blank & (after_blank | last))
+    joined = np.where(blank, np.uint32(32), folded[raw])[keep].tobytes().decode("utf-32-le", "surrogatepass")
+    kept, unplain = _running(keep), _running(~plain[raw])
+    lo, hi = kept[starts].tolist(), kept[ends].tolist()
+    exact = (unplain[ends] != unplain[starts]).tolist()
+    return [
+        " ".join(unicodedata.normalize("NFKC", text).split()).casefold() if exact[i] else joined[lo[i] : hi[i]]
+        for i, text in enumerate(texts)
+    ]
+
+
+def _running(mask: Any) -> Any:
+    """How many of `mask` are true before each position (one entry more, for the end)."""
+    import numpy as np
+
+    return np.concatenate([[0], np.cumsum(mask)])
 
 
 @functools.cache
-def _nfkc_of_each_character() -> Any:
-    """Code point -> its NFKC where that is a single character (BMP), else itself."""
+def _character_tables() -> tuple[Any, Any, Any]:
+    """Per code point: its NFKC case-folded (for plain characters), whether it is plain (see
+    normalise_texts; the BMP only), whether its NFKC is whitespace."""
     import numpy as np
 
-    table = np.arange(0x110000, dtype=np.uint32)
-    for code in range(0x10000):
+    folded = np.arange(0x110000, dtype=np.uint32)
+    plain = np.zeros(0x110000, dtype=bool)
+    space = np.zeros(0x110000, dtype=bool)
+    for code in [*range(0xD800), *range(0xE000, 0x10000)]:
         single = unicodedata.normalize("NFKC", chr(code))
-        if len(single) == 1:
-            table[code] = ord(single)
-    return table
+        fold = single.casefold()
+        if len(single) == 1 and len(fold) == 1 and _settled(single) and _settled(fold):
+            folded[code], plain[code], space[code] = ord(fold), True, single.isspace()
+    return folded, plain, space
+
+
+def _settled(char: str) -> bool:
+    """In NFKC, and nothing can combine it with a neighbour: combining class 0 and not a mark (the
+    characters that may compose with the one before are marks, or Hangul vowel and final jamo)."""
+    return (
+        unicodedata.is_normalized("NFKC", char)
+        and unicodedata.combining(char) == 0
+        and not unicodedata.category(char).startswith("M")
+        and not 0x1160 <= ord(char) <= 0x11FF
+    )
 
 
 def normalised_turns(sample: Sample) -> list[tuple[str, str]]:
