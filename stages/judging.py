@@ -161,7 +161,7 @@ OPENING_CHARS = re.compile(r"[^\s\d]{1,3}")
 def normalised_opening(text: str) -> str:
     """How an instruction (already through filters.normalise_text) starts: its first two words, or its
     first three characters for Chinese."""
-    words = text.split(" ")
+    words = text.split(" ", 2)
     if len(words) > 1 and len(words[0]) <= 20 and words[0].isascii():
         return " ".join(words[:2])
     match = OPENING_CHARS.match(text)
@@ -190,6 +190,7 @@ class TokenizerCounter(filters.TokenCounter):
         self.skeletons = token_bounds.Skeletons(self.render)
         self.known: dict[str, int] = {}
         self.lows: dict[str, int] = {}
+        self.rooms: dict[tuple[tuple[str, ...], int], int] = {}
         super().__init__(self.count, self.count_chat)
 
     def prefill(self, texts: list[str]) -> None:
@@ -216,19 +217,35 @@ class TokenizerCounter(filters.TokenCounter):
         return self.count(self.render(messages))
 
     def count_chat_over(self, messages: list[Message], limit: int) -> int | None:
+        roles = tuple(m["role"] for m in messages)
+        room = self.rooms.get((roles, limit))
+        if room is None:
+            room = self.rooms[roles, limit] = self._room(roles, limit)
+        if sum(len(m["content"]) for m in messages) <= room:  # short enough whatever the characters are
+            return None
         skeleton = self.skeletons.text(messages)
         if skeleton is not None:
-            # the template's own text plus the contents; a stretch of text on each side of a special token
             segments = 2 * len(messages) + 2
-            chars = len(skeleton) + sum(len(m["content"]) for m in messages)
-            most = self.bounds.at_most_for(chars, segments)
-            if most is not None and most <= limit:  # short enough whatever the characters are
-                return None
             most = self.bounds.at_most(skeleton + "".join(m["content"] for m in messages), segments)
             if most is not None and most <= limit:
                 return None
         tokens = self.count_chat(messages)
         return tokens if tokens > limit else None
+
+    def _room(self, roles: tuple[str, ...], limit: int) -> int:
+        """The most characters of content a conversation with these roles can have and still be within
+        `limit` tokens whatever the characters are (-1: no such bound). The template's own text is the
+        skeleton; a stretch of text on each side of a special token may start with a prefix piece."""
+        skeleton = self.skeletons.text([{"role": role, "content": ""} for role in roles])
+        segments = 2 * len(roles) + 2
+        if skeleton is None or (most := self.bounds.at_most_for(len(skeleton), segments)) is None or most > limit:
+            return -1
+        low, high = 0, limit  # a character makes at least one token: the room is below limit
+        while low < high:  # the largest room whose bound still fits
+            middle = (low + high + 1) // 2
+            fits = (self.bounds.at_most_for(len(skeleton) + middle, segments) or limit + 1) <= limit
+            low, high = (middle, high) if fits else (low, middle - 1)
+        return low
 
 
 def make_judge(params: Prepare, counter: filters.TokenCounter, guide_only: bool = False) -> Judge:
