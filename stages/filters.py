@@ -227,24 +227,26 @@ def normalise_texts(texts: list[str]) -> list[str]:
     after_blank = np.ones(len(raw), dtype=bool)  # a text's first character counts as after a blank
     after_blank[1:] = blank[:-1]
     after_blank[starts[lengths > 0]] = True
-    words = _running(~blank)  # non-blank characters before each position
-    last = words[np.repeat(ends, lengths)] == words[1:]  # no non-blank after this one in its text
-    keep = ~(blank & (after_blank | last))
+    keep = ~(blank & after_blank)  # runs of blanks become one space, leading ones go (trailing: below)
     joined = np.where(blank, np.uint32(32), folded[raw])[keep].tobytes().decode("utf-32-le", "surrogatepass")
     kept, unplain = _running(keep), _running(~plain[raw])
-    lo, hi = kept[starts].tolist(), kept[ends].tolist()
     exact = (unplain[ends] != unplain[starts]).tolist()
-    return [
-        " ".join(unicodedata.normalize("NFKC", text).split()).casefold() if exact[i] else joined[lo[i] : hi[i]]
-        for i, text in enumerate(texts)
-    ]
+    normalised = []
+    for lo, hi, odd, text in zip(kept[starts].tolist(), kept[ends].tolist(), exact, texts, strict=True):
+        if odd:
+            normalised.append(" ".join(unicodedata.normalize("NFKC", text).split()).casefold())
+        else:
+            normalised.append(joined[lo : hi - 1] if hi > lo and joined[hi - 1] == " " else joined[lo:hi])
+    return normalised
 
 
 def _running(mask: Any) -> Any:
     """How many of `mask` are true before each position (one entry more, for the end)."""
     import numpy as np
 
-    return np.concatenate([[0], np.cumsum(mask)])
+    counts = np.zeros(len(mask) + 1, dtype=np.int64)
+    np.cumsum(mask, out=counts[1:])
+    return counts
 
 
 @functools.cache
@@ -282,19 +284,23 @@ def normalised_turns(sample: Sample) -> list[tuple[str, str]]:
 
 def normalised_turns_many(samples: list[Sample]) -> list[list[tuple[str, str]]]:
     """normalised_turns() of many samples, their texts normalised together."""
-    roles = [
-        [m["role"] for m in sample.messages if m["role"] != "system"]
-        + (["chosen", "rejected"] if sample.is_preference else [])
-        for sample in samples
-    ]
-    texts = [
-        text
-        for sample in samples
-        for text in [m["content"] for m in sample.messages if m["role"] != "system"]
-        + ([sample.chosen or "", sample.rejected or ""] if sample.is_preference else [])
-    ]
-    normalised = iter(normalise_texts(texts))
-    return [[(role, next(normalised)) for role in sample_roles] for sample_roles in roles]
+    roles, texts, sizes = [], [], []
+    for sample in samples:
+        before = len(texts)
+        for message in sample.messages:
+            if message["role"] != "system":
+                roles.append(message["role"])
+                texts.append(message["content"])
+        if sample.chosen is not None:
+            roles += ("chosen", "rejected")
+            texts += (sample.chosen, sample.rejected or "")
+        sizes.append(len(texts) - before)
+    turns = list(zip(roles, normalise_texts(texts), strict=True))
+    grouped, at = [], 0
+    for size in sizes:
+        grouped.append(turns[at : at + size])
+        at += size
+    return grouped
 
 
 def content_text(sample: Sample, turns: list[tuple[str, str]] | None = None) -> str:

@@ -119,12 +119,12 @@ class TokenBounds:
         """at_least() of many texts: the byte bound, or the character-weight bound where it is tighter."""
         if self.longest_piece is None:
             return [0] * len(texts)
+        if self.weights is not None:
+            return self.weights.at_least_many(texts, self.normalizer.shrink, self.longest_piece)
         lows = []
         for text in texts:
             fewest = self.normalizer.fewest_bytes(text)
             lows.append(0 if fewest is None else math.ceil(fewest / self.longest_piece))
-        if self.weights is not None:
-            lows = [max(low, weighed) for low, weighed in zip(lows, self.weights.at_least_many(texts), strict=True)]
         return lows
 
     def at_most(self, text: str, segments: int = 1) -> int | None:
@@ -186,7 +186,9 @@ class CharWeights:
             table[ord(pattern)] = sum(table[ord(c)] for c in content)
         return cls(table, byte_level, "NFC" in kinds)
 
-    def at_least_many(self, texts: list[str]) -> list[int]:
+    def at_least_many(self, texts: list[str], shrink: float, longest_piece: int) -> list[int]:
+        """The larger of this bound and the byte bound (normalised bytes >= shrink x bytes, over the
+        longest piece), for many texts at once."""
         import numpy as np
 
         if not texts:
@@ -194,18 +196,31 @@ class CharWeights:
         if self.byte_level:
             encoded = [text.encode("utf-8", "surrogatepass") for text in texts]
             units = np.frombuffer(b"".join(encoded), dtype=np.uint8)
-            lengths = [len(e) for e in encoded]
+            lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=len(texts))
+            utf8 = lengths
         else:
             units = np.frombuffer("".join(texts).encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
-            lengths = [len(text) for text in texts]
-        totals = np.concatenate([[0.0], np.cumsum(self.table[units])])
-        ends = np.cumsum(lengths)
-        weights = (totals[ends] - totals[ends - lengths]).tolist()
-        # Rounding in the sums is far below 1e-6; a text NFC would change gets no bound from here.
-        return [
-            math.ceil(weight - 1e-6) if not self.nfc or unicodedata.is_normalized("NFC", text) else 0
-            for weight, text in zip(weights, texts, strict=True)
-        ]
+            lengths = np.fromiter(map(len, texts), dtype=np.int64, count=len(texts))
+            sizes = 1 + (units >= 0x80).astype(np.int64) + (units >= 0x800) + (units >= 0x10000)
+            utf8 = _segment_sums(sizes, lengths)
+        # Rounding in the sums is far below 1e-6.
+        weighed = np.ceil(_segment_sums(self.table[units], lengths) - 1e-6)
+        lows = np.maximum(weighed, np.ceil(np.floor(shrink * utf8) / longest_piece)).astype(np.int64).tolist()
+        if self.nfc:  # a text NFC would change gets the byte bound only
+            for i, text in enumerate(texts):
+                if not unicodedata.is_normalized("NFC", text):
+                    lows[i] = math.ceil(math.floor(shrink * len(text.encode("utf-8", "surrogatepass"))) / longest_piece)
+        return lows
+
+
+def _segment_sums(values: Any, lengths: Any) -> Any:
+    """Sums of consecutive segments of `values` of these lengths (empty ones included)."""
+    import numpy as np
+
+    totals = np.zeros(len(values) + 1, dtype=values.dtype)
+    np.cumsum(values, out=totals[1:])
+    ends = np.cumsum(lengths)
+    return totals[ends] - totals[ends - lengths]
 
 
 def _pre_tokenizers(pre_tokenizer: dict[str, Any] | None, kind: str) -> list[str]:
