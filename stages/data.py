@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -48,6 +48,7 @@ class Sample:
     messages: list[Message]
     chosen: str | None = None
     rejected: str | None = None
+    own: str | None = field(default=None, repr=False, compare=False)  # filters.own_text(), once computed
 
     @property
     def is_preference(self) -> bool:

@@ -55,6 +55,9 @@ class TokenCounter:
         tokens = self._count_chat(messages)
         return tokens if tokens > limit else None
 
+    def count_many(self, texts: list[str]) -> list[int]:
+        return [self.count(text) for text in texts]
+
     def prefill(self, texts: list[str]) -> None:
         """A hint: these texts will be counted next."""
 
@@ -95,11 +98,14 @@ def with_system_prompt(sample: Sample, system_prompt: str) -> Sample:
 
 
 def own_text(sample: Sample) -> str:
-    """The sample's own words (prompt + answer, no system prompt, no template): what min_tokens counts."""
-    turns = [m["content"] for m in sample.messages if m["role"] != "system"]
-    if sample.is_preference:
-        turns.append(sample.chosen or "")
-    return "\n".join(turns)
+    """The sample's own words (prompt + answer, no system prompt, no template): what min_tokens counts.
+    Kept on the sample: several filters ask (samples are not changed once built)."""
+    if sample.own is None:
+        turns = [m["content"] for m in sample.messages if m["role"] != "system"]
+        if sample.is_preference:
+            turns.append(sample.chosen or "")
+        sample.own = "\n".join(turns)
+    return sample.own
 
 
 def templated_variants(sample: Sample, system_prompt: str) -> list[list[Message]]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,30 +78,32 @@ class Judge:
         self, items: LineBlock | list[RawRow], file: str, fmt: str, columns: dict[str, str], every: int
     ) -> Verdicts:
         """Verdicts for a chunk of rows. Tokens are counted only where a bound cannot decide a filter, and
-        for the length statistics in one of `every` kept rows (by a hash of the text); the texts to count
-        go to the tokenizer in one batch, as do the kept rows' MinHash signatures."""
+        for the length statistics in one of `every` kept rows (by their id); the texts to count go to the
+        tokenizer in one batch, as do the kept rows' MinHash signatures."""
         verdicts = Verdicts(file)
         read = [
             (len(verdicts.lines) - 1, sample)
             for item in (items.rows() if isinstance(items, LineBlock) else items)
             if (sample := self.read(item, file, fmt, columns, verdicts)) is not None
         ]
-        counter, texts, counted = self.rules.tokens, [], []
+        counter = self.rules.tokens
         owns = [filters.own_text(sample) for _, sample in read]
-        for own, low in zip(owns, counter.at_least_many(owns), strict=True):
-            counted.append(every == 1 or zlib.crc32(own.encode("utf-8")) % every == 0)
-            if counted[-1] or low < self.rules.min_tokens:
-                texts.append(own)
-        counter.prefill(texts)
+        lows = counter.at_least_many(owns)
+        counter.prefill([own for own, low in zip(owns, lows, strict=True) if low < self.rules.min_tokens])
         passed = []
-        for (i, sample), count in zip(read, counted, strict=True):
+        for i, sample in read:
             failing = filters.first_failing(sample, self.rules)
             if failing is None:
-                passed.append((i, sample, count))
+                passed.append((i, sample))
             else:
                 verdicts.reasons[i], verdicts.details[i] = failing
-        turns = filters.normalised_turns_many([sample for _, sample, _ in passed])
+        turns = filters.normalised_turns_many([sample for _, sample in passed])
         contents = [self.finish(verdicts, *row, row_turns) for row, row_turns in zip(passed, turns, strict=True)]
+        # token lengths for the statistics: every kept row, or one in `every` by its id
+        counted = [k for k, row_id in enumerate(verdicts.ids) if every == 1 or int(row_id[:8], 16) % every == 0]
+        lengths = counter.count_many([filters.own_text(passed[k][1]) for k in counted])
+        for k, tokens in zip(counted, lengths, strict=True):
+            verdicts.tokens[k] = tokens
         num_perm, bands, rows = self.near_dup
         if num_perm and contents:
             verdicts.bands = filters.band_hashes_many(contents, num_perm, bands, rows)
@@ -126,7 +127,7 @@ class Judge:
             sample = filters.scrub_sample(sample, verdicts.redacted)
         return sample
 
-    def finish(self, verdicts: Verdicts, i: int, sample: Sample, counted: bool, turns: list[tuple[str, str]]) -> str:
+    def finish(self, verdicts: Verdicts, i: int, sample: Sample, turns: list[tuple[str, str]]) -> str:
         """Row i passed the row filters: its id, statistics and output lines, from its normalised turns.
         Returns the row's normalised content (for its MinHash)."""
         content = filters.content_text(sample, turns)
@@ -134,7 +135,7 @@ class Judge:
         verdicts.kept.append(i)
         verdicts.ids.append(row_id)
         verdicts.kinds.append("pref" if sample.is_preference else "sft")
-        verdicts.tokens.append(self.rules.tokens.count(filters.own_text(sample)) if counted else -1)
+        verdicts.tokens.append(-1)  # counted afterwards, for a sample of the rows
         verdicts.openings.append(
             normalised_opening(next((text for role, text in reversed(turns) if role == "user"), ""))
         )
@@ -200,6 +201,13 @@ class TokenizerCounter(filters.TokenCounter):
     def count(self, text: str) -> int:
         known = self.known.get(text)
         return known if known is not None else len(self.backend.encode(text, add_special_tokens=False))
+
+    def count_many(self, texts: list[str]) -> list[int]:
+        """count() of many texts: those not counted already, in one batch."""
+        missing = [text for text in texts if text not in self.known]
+        encodings = self.backend.encode_batch_fast(missing, add_special_tokens=False) if missing else []
+        self.known.update(zip(missing, map(len, encodings), strict=True))
+        return [self.known[text] for text in texts]
 
     def at_least_many(self, texts: list[str]) -> list[int]:
         lows = self.bounds.at_least_many(texts)
