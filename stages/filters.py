@@ -222,9 +222,9 @@ def normalise_texts(texts: list[str]) -> list[str]:
     character (combining marks, Hangul jamo, ligatures, ß, astral letters ...) takes unicodedata's way."""
     import numpy as np
 
+    folded, plain, space = _character_tables()
     if not texts:
         return []
-    folded, plain, space = _character_tables()
     raw = np.frombuffer("".join(texts).encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
     lengths = np.fromiter(map(len, texts), dtype=np.int64, count=len(texts))
     ends = np.cumsum(lengths)
@@ -311,7 +311,7 @@ def normalised_turns_many(samples: list[Sample]) -> list[list[tuple[str, str]]]:
 
 def content_text(sample: Sample, turns: list[tuple[str, str]] | None = None) -> str:
     """Normalised content without the system prompt; its hash is the row id and the exact-dup key."""
-    return "\n".join(f"{role}:{text}" for role, text in (normalised_turns(sample) if turns is None else turns))
+    return "\n".join([f"{role}:{text}" for role, text in (normalised_turns(sample) if turns is None else turns)])
 
 
 def row_id(content: str) -> str:

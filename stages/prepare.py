@@ -192,7 +192,7 @@ def judge_sources(
             if num_proc > 1 and len(opening) > 1:
                 if pool is None:
                     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # one thread per worker
-                    filters.normalise_texts([])  # builds its character table once, before the fork
+                    filters.normalise_texts([])  # builds its character tables once, before the fork
                     pool = multiprocessing.get_context("fork").Pool(num_proc, _start_worker, (judge,))
                 results: Iterable[Verdicts] = _ordered(pool, tasks, window=2 * num_proc)
             else:
