@@ -9,7 +9,10 @@ UTF-8 length of the text after the tokenizer's normaliser:
   special tokens;
 * lower: for BPE, no token covers more bytes than the longest piece in the vocabulary (added tokens
   included; an unknown character is at most 4 bytes), as long as unknown characters do not fuse into one
-  `<unk>` and the pre-tokenizer drops no text (Whitespace does); otherwise there is no lower bound.
+  `<unk>` and the pre-tokenizer drops no text (Whitespace does); otherwise there is no lower bound. Much
+  tighter where it holds (CharWeights): a character weighs 1 / the length of the longest piece that
+  contains it, and no token's characters weigh more than 1 in all, so a text has at least as many
+  tokens as its characters weigh.
 
 The normalised length is itself bounded from the raw text for the normalisers tokenizers commonly use:
 SentencePiece's Prepend "▁" and Replace " " -> "▁" (computed exactly from counts), NFC (at most 3x
