@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import unicodedata
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -260,11 +261,43 @@ def test_missing_tokenizer_says_what_to_do(tmp_path: Path) -> None:
 # Characters where NFKC does something: full-width forms, ligatures, compatibility and combining marks,
 # Hangul jamo, astral mathematical letters, a lone surrogate; and any character at all.
 NFKC_PROBES = "Ｈｅ，：？　ﬁ①㎏½é\u0301\u0327\u1100\u1161\u11a8가𝐀𝟏\ud800\u3099か\u212b\u2126"
-NFKC_PROBES += " \t\n\u3000\u00a0\x1c\u2028…"  # whitespace that split() knows
+NFKC_PROBES += " \t\n\u3000\u00a0\x1c\u2028"  # whitespace that split() knows
+NFKC_PROBES += "…℃⑴㏂ǅﷺ¨"  # one character, several after NFKC (with a space or a mark, for the last two)
+
+
+PROBE_TEXT = st.text(alphabet=st.sampled_from(NFKC_PROBES) | st.characters(), max_size=40)
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.text(alphabet=st.sampled_from(NFKC_PROBES) | st.characters(), max_size=40), max_size=8))
+@given(st.lists(PROBE_TEXT, max_size=8))
 def test_batch_normalisation_is_plain_nfkc_casefold_and_spacing(texts: list[str]) -> None:
     expected = [" ".join(unicodedata.normalize("NFKC", text).split()).casefold() for text in texts]
     assert filters.normalise_texts(texts) == expected
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.lists(st.tuples(st.sampled_from(["user", "assistant", "system"]), PROBE_TEXT), max_size=4),
+            st.none() | st.tuples(PROBE_TEXT, PROBE_TEXT),
+        ),
+        max_size=6,
+    )
+)
+def test_contents_are_each_turn_normalised_under_its_role(rows: list[tuple[list[tuple[str, str]], Any]]) -> None:
+    """Conversations (system turns left out; a pair's answers as chosen/rejected) normalised in one
+    batch: the same contents as normalising each text on its own."""
+
+    def plain(text: str) -> str:
+        return " ".join(unicodedata.normalize("NFKC", text).split()).casefold()
+
+    samples, expected = [], []
+    for turns, pair in rows:
+        samples.append(Sample([{"role": role, "content": text} for role, text in turns], *(pair or (None, None))))
+        lines = [(role, plain(text)) for role, text in turns if role != "system"]
+        lines += [("chosen", plain(pair[0])), ("rejected", plain(pair[1]))] if pair else []
+        expected.append("\n".join(f"{role}:{text}" for role, text in lines))
+    batch = filters.normalised_turns_many(samples)
+    assert [filters.content_text(sample, turns) for sample, turns in zip(samples, batch, strict=True)] == expected
+    assert [filters.content_text(sample) for sample in samples] == expected
