@@ -483,10 +483,17 @@ class FirstSeen:
         if (keys == 0).any():
             self.zero = int(rows[keys == 0][0])
             keys, rows = keys[keys != 0], rows[keys != 0]
-        while 2 * (self.size + len(keys)) > len(self.keys):
-            self._grow()
+        self.reserve(len(keys))
         self._place(keys, rows.astype(np.int32))
         self.size += len(keys)
+
+    def reserve(self, more: int) -> None:
+        """Room for `more` keys than are stored, in one growth rather than a doubling at a time."""
+        capacity = len(self.keys)
+        while 2 * (self.size + more) > capacity:
+            capacity *= 2
+        if capacity > len(self.keys):
+            self._grow(capacity)
 
     def _place(self, keys: Any, rows: Any) -> None:
         np = self._np
@@ -501,12 +508,12 @@ class FirstSeen:
             going[placed] = False
             keys, rows, slots = keys[going], rows[going], (slots[going] + 1) & mask
 
-    def _grow(self) -> None:
+    def _grow(self, capacity: int) -> None:
         np = self._np
         used = self.keys != 0
         keys, rows = self.keys[used], self.rows[used]
-        self.keys = np.zeros(2 * len(self.keys), dtype=np.uint64)
-        self.rows = np.zeros(len(self.keys), dtype=np.int32)
+        self.keys = np.zeros(capacity, dtype=np.uint64)
+        self.rows = np.zeros(capacity, dtype=np.int32)
         self._place(keys, rows)
 
 

@@ -42,10 +42,10 @@ class Verdicts:
     kinds: list[str] = field(default_factory=list)  # sft | pref
     tokens: list[int] = field(default_factory=list)  # token length, -1 where not counted (statistics)
     openings: list[str] = field(default_factory=list)
-    chat: list[bytes] = field(default_factory=list)  # the trainers' row (system prompt added), a JSON line
+    chat: list[bytes] = field(default_factory=list)  # the trainers' row (system prompt added), a JSON line, \n
     guide: list[bytes] = field(default_factory=list)  # the guide's Alpaca / instruction-chosen-rejected row
     redacted: dict[str, int] = field(default_factory=dict)  # PII kind -> replacements made in the chunk
-    still: list[int] = field(default_factory=list)  # final() once the decisions over the set are taken
+    still: list[int] = field(default_factory=list)  # final(), set once the decisions over the set are taken
 
     def add(self, line: int, reason: str | None, detail: str, row: bytes) -> None:
         self.lines.append(line)
@@ -142,11 +142,11 @@ class Judge:
         chat = b""
         if not self.guide_only:
             with_system = filters.with_system_prompt(sample, self.rules.system_prompt)
-            chat = dumpb({"id": row_id, "source": verdicts.source(i), **to_chat(with_system)})
+            chat = dumpb({"id": row_id, "source": verdicts.source(i), **to_chat(with_system)}) + b"\n"
         verdicts.chat.append(chat)
         guide = b""
         if self.guide_only or not sample.is_preference:  # the stage writes only SFT rows in the guide's form
-            guide = dumpb(to_guide_pair(sample) if sample.is_preference else to_alpaca(sample))
+            guide = dumpb(to_guide_pair(sample) if sample.is_preference else to_alpaca(sample)) + b"\n"
         verdicts.guide.append(guide)
         return content
 

@@ -65,6 +65,7 @@ class Source:
     kind: str  # sft | preference | any (the CLI takes both)
     config: PrepareSource = field(default_factory=PrepareSource)
     length_every: int = 1  # token lengths counted in one of this many rows (length_sample_every)
+    expected_rows: int = 0  # estimated from a large JSONL file's size (0: not estimated)
 
     @property
     def column_map(self) -> dict[str, str]:
@@ -187,6 +188,7 @@ def judge_sources(
                 head = head or (chunk.rows() if isinstance(chunk, LineBlock) else chunk)
             fmt = formats[source.name] = source_format(source, head)
             log.info("%s: format %s", source.name, fmt)
+            source.expected_rows = expected_rows(source, head)
             columns, source.length_every = source.column_map, length_sample_every(source, head)
             tasks = ((chunk, source.name, fmt, columns, source.length_every) for chunk in _chain(opening, chunks))
             if num_proc > 1 and len(opening) > 1:
@@ -204,14 +206,19 @@ def judge_sources(
             pool.terminate()
 
 
+def expected_rows(source: Source, head: list[RawRow]) -> int:
+    """About how many rows a JSONL file of more than one chunk has, from its size and its first lines'
+    (0 for other sources)."""
+    lines = [item[1] for item in head if isinstance(item, tuple)]  # JSONL: (line number, bytes)
+    if len(head) < CHUNK_ROWS or len(lines) < len(head):  # small, a JSON array or a hub dataset
+        return 0
+    return round(Path(source.name).stat().st_size * len(lines) / sum(len(raw) + 1 for raw in lines))
+
+
 def length_sample_every(source: Source, head: list[RawRow]) -> int:
     """Token lengths for the statistics are counted in one of this many kept rows: all of them up to
-    LENGTH_SAMPLE rows, then a hash sample of about that size (estimated from a JSONL file's size)."""
-    lines = [item[1] for item in head if isinstance(item, tuple)]  # JSONL: (line number, bytes)
-    if len(head) < CHUNK_ROWS or len(lines) < len(head):  # small, a JSON array or a hub dataset: all
-        return 1
-    estimated_rows = Path(source.name).stat().st_size * len(lines) / sum(len(raw) + 1 for raw in lines)
-    return max(1, round(estimated_rows / LENGTH_SAMPLE))
+    LENGTH_SAMPLE rows, then a hash sample of about that size (in a large JSONL file)."""
+    return max(1, round(expected_rows(source, head) / LENGTH_SAMPLE))
 
 
 def _chain(head: list[Chunk], rest: Iterator[Chunk]) -> Iterator[Chunk]:
@@ -249,7 +256,6 @@ def decided(
     with tqdm(unit=" rows", desc="prepare", disable=None, smoothing=0.1) as progress:
         for source, verdicts in judge_sources(sources, judge, params.num_proc, formats):
             decisions.decide(source, verdicts)
-            verdicts.still = verdicts.final()
             tally.add(source, verdicts)
             yield verdicts
             progress.update(len(verdicts.lines))
@@ -302,7 +308,7 @@ def run_cli(
     output.parent.mkdir(parents=True, exist_ok=True)
     with open(output, "wb") as out, open(rejects_path(output), "wb") as rejects:
         for verdicts in decided(sources, params, judge, tally, formats):
-            out.write(b"".join([verdicts.guide[k] + b"\n" for k in verdicts.still]))
+            out.write(b"".join([verdicts.guide[k] for k in verdicts.still]))
             rejects.write(reject_lines(verdicts))
     return tally.summary(sources, formats)
 
@@ -312,10 +318,10 @@ def rejects_path(output: Path) -> Path:
 
 
 def _write_lines(path: Path, lines: Iterable[bytes]) -> None:
+    """JSON lines (each ends with its \\n) to a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as f:
-        for line in lines:
-            f.write(line + b"\n")
+        f.writelines(lines)
 
 
 # ---------------------------------------------------------------------------------------------- CLI

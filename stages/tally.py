@@ -43,17 +43,24 @@ class SetDecisions:
         self.sources: list[str] = []
         self.place_source, self.place_line = array("H"), array("L")
         self.kept_per_source: Counter[str] = Counter()
+        self.reserved: set[str] = set()
 
     def decide(self, source: Source, verdicts: Verdicts) -> None:
         if self.on_error == "stop":
             for i, reason in enumerate(verdicts.reasons):
                 if reason in STRUCTURAL_REASONS:
                     raise DataError(verdicts.details[i], reason)
+        if source.expected_rows and source.name not in self.reserved:  # room for its keys, grown once
+            self.reserved.add(source.name)
+            self.ids.reserve(source.expected_rows)
+            if verdicts.bands is not None:
+                self.bands.reserve(source.expected_rows * verdicts.bands.shape[1])
         if verdicts.kept:
-            self._dedup(verdicts)
-            self._mix(source, verdicts)
+            duplicates = self._dedup(verdicts)
+            self._mix(source, verdicts, len(verdicts.kept) - duplicates)
+        verdicts.still = verdicts.final()
 
-    def _dedup(self, verdicts: Verdicts) -> None:
+    def _dedup(self, verdicts: Verdicts) -> int:
         """Exact and near duplicates of a chunk's rows, looked up together. A row none of whose keys is
         stored or shared with another row of the chunk is new: only the others are decided one by one,
         in input order, as each may have an earlier row of the chunk to be a duplicate of."""
@@ -91,6 +98,7 @@ class SetDecisions:
             new[k] = False
         self.ids.add(ids[new], rows[new])
         self.bands.add(bands[new].ravel(), np.repeat(rows[new], bands.shape[1]))
+        return len(kept) - int(new.sum())
 
     def remember(self, verdicts: Verdicts) -> Any:
         """Row numbers for the judge's kept rows, which remember where each came from."""
@@ -106,13 +114,13 @@ class SetDecisions:
     def place(self, row: int) -> str:
         return f"{self.sources[self.place_source[row]]}:{self.place_line[row]}"
 
-    def _mix(self, source: Source, verdicts: Verdicts) -> None:
+    def _mix(self, source: Source, verdicts: Verdicts, unique: int) -> None:
+        """Each source's weight sample and cap, over the `unique` rows that are not duplicates."""
         weight, max_rows = source.config.weight, source.config.max_rows
-        final = verdicts.final()
         if weight >= 1 and not max_rows:
-            self.kept_per_source[source.name] += len(final)
+            self.kept_per_source[source.name] += unique
             return
-        for k in final:
+        for k in verdicts.final():
             i = verdicts.kept[k]
             if weight < 1 and not filters.is_sampled(self.seed, verdicts.ids[k], weight):
                 verdicts.reasons[i], verdicts.details[i] = "not_sampled", f"outside the source's weight {weight} sample"

@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from stages.data import DataError, RowRejected, Sample, read_records, write_jsonl
 from stages.formats import detect_format, normalise, to_alpaca, to_chat, to_guide_pair
@@ -214,3 +216,29 @@ def test_write_jsonl_is_utf8_one_object_per_line(tmp_path: Path) -> None:
     # A lone surrogate (valid as a JSON escape, not as UTF-8) is written escaped, not lost.
     write_jsonl(path, [{"a": "\ud800x"}])
     assert path.read_bytes() == b'{"a":"\\ud800x"}\n'
+
+
+LINES = st.lists(st.sampled_from(['{"a": 1}', '{"b": "二"}', "", "  ", "\r", '{"c": 3}\r', "not json"]), max_size=40)
+
+
+@settings(max_examples=150, deadline=None)
+@given(lines=LINES, rows=st.integers(1, 7), read_bytes=st.integers(1, 40), bom=st.booleans(), end=st.booleans())
+def test_line_blocks_give_every_line_once_with_its_number(
+    tmp_path_factory: pytest.TempPathFactory, lines: list[str], rows: int, read_bytes: int, bom: bool, end: bool
+) -> None:
+    """Whatever the read size and block size: the non-blank lines, numbered as a plain split numbers
+    them, each in the block of `rows` lines it falls in."""
+    from stages import data
+
+    path = tmp_path_factory.mktemp("blocks") / "rows.jsonl"
+    raw = ("\n".join(lines) + ("\n" if end else "")).encode("utf-8")
+    path.write_bytes((b"\xef\xbb\xbf" if bom else b"") + raw)
+    expected = [(n, line.rstrip(b"\r")) for n, line in enumerate(raw.split(b"\n"), 1) if line.strip()]
+    old, data.READ_BYTES = data.READ_BYTES, read_bytes
+    try:
+        blocks = list(data._line_blocks(path, rows))
+    finally:
+        data.READ_BYTES = old
+    assert [row for block in blocks for row in block.rows()] == expected
+    for block in blocks:
+        assert all(block.first <= n < block.first + rows for n, _ in block.rows())

@@ -423,6 +423,8 @@ def test_first_seen_finds_what_a_dict_would(batches: list[list[int]]) -> None:
     for batch in batches:
         keys = np.array(batch, dtype=np.uint64)
         assert seen.find(keys).tolist() == [reference.get(key, -1) for key in batch]
+        if len(batch) % 3 == 0:
+            seen.reserve(5 * len(batch))  # growing ahead, as prepare does from a file's size
         new = [key for key in dict.fromkeys(batch) if key not in reference]
         rows = list(range(row, row + len(new)))
         seen.add(np.array(new, dtype=np.uint64), np.array(rows, dtype=np.int64))
