@@ -225,11 +225,11 @@ class TokenizerCounter(filters.TokenCounter):
         return self.count(self.render(messages))
 
     def count_chat_over(self, messages: list[Message], limit: int) -> int | None:
-        roles = tuple(m["role"] for m in messages)
+        roles = tuple([m["role"] for m in messages])
         room = self.rooms.get((roles, limit))
         if room is None:
             room = self.rooms[roles, limit] = self._room(roles, limit)
-        if sum(len(m["content"]) for m in messages) <= room:  # short enough whatever the characters are
+        if sum([len(m["content"]) for m in messages]) <= room:  # short enough whatever the characters are
             return None
         skeleton = self.skeletons.text(messages)
         if skeleton is not None:

@@ -26,6 +26,7 @@ placeholders must agree) and gets no skeleton.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import unicodedata
@@ -204,8 +205,7 @@ class CharWeights:
         else:
             units = np.frombuffer("".join(texts).encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
             lengths = np.fromiter(map(len, texts), dtype=np.int64, count=len(texts))
-            sizes = 1 + (units >= 0x80).astype(np.int64) + (units >= 0x800) + (units >= 0x10000)
-            utf8 = _segment_sums(sizes, lengths)
+            utf8 = _segment_sums(_utf8_sizes()[units], lengths)
         # Rounding in the sums is far below 1e-6.
         weighed = np.ceil(_segment_sums(self.table[units], lengths) - 1e-6)
         lows = np.maximum(weighed, np.ceil(np.floor(shrink * utf8) / longest_piece)).astype(np.int64).tolist()
@@ -224,6 +224,18 @@ def _segment_sums(values: Any, lengths: Any) -> Any:
     np.cumsum(values, out=totals[1:])
     ends = np.cumsum(lengths)
     return totals[ends] - totals[ends - lengths]
+
+
+@functools.cache
+def _utf8_sizes() -> Any:
+    """UTF-8 bytes per code point (a surrogate, written with surrogatepass: 3)."""
+    import numpy as np
+
+    sizes = np.full(0x110000, 4, dtype=np.int64)
+    sizes[:0x10000] = 3
+    sizes[:0x800] = 2
+    sizes[:0x80] = 1
+    return sizes
 
 
 def _pre_tokenizers(pre_tokenizer: dict[str, Any] | None, kind: str) -> list[str]:
