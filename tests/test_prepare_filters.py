@@ -301,3 +301,21 @@ def test_contents_are_each_turn_normalised_under_its_role(rows: list[tuple[list[
     batch = filters.normalised_turns_many(samples)
     assert [filters.content_text(sample, turns) for sample, turns in zip(samples, batch, strict=True)] == expected
     assert [filters.content_text(sample) for sample in samples] == expected
+
+
+def test_no_plain_character_can_compose_with_a_neighbour() -> None:
+    """What the batch normalisation relies on, over every code point: a plain character and what it
+    becomes are never the second half of a canonical composition (NFC quick check Maybe: the primary
+    composites' second characters, and Hangul vowel and final jamo), nor combining marks."""
+    folded, plain, _ = filters._character_tables()
+    maybe = {*range(0x1161, 0x1176), *range(0x11A8, 0x11C3)}
+    for code in [*range(0xD800), *range(0xE000, 0x110000)]:
+        decomposition = unicodedata.decomposition(chr(code))
+        if decomposition and not decomposition.startswith("<"):
+            parts = [int(part, 16) for part in decomposition.split()]
+            if len(parts) == 2 and unicodedata.normalize("NFC", chr(parts[0]) + chr(parts[1])) == chr(code):
+                maybe.add(parts[1])
+    assert maybe and not any(plain[code] for code in maybe)
+    becomes = {int(folded[code]) for code in np.flatnonzero(plain).tolist()}
+    assert not becomes & maybe
+    assert not any(unicodedata.combining(chr(code)) for code in becomes)
