@@ -42,8 +42,10 @@ class Verdicts:
     kinds: list[str] = field(default_factory=list)  # sft | pref
     tokens: list[int] = field(default_factory=list)  # token length, -1 where not counted (statistics)
     openings: list[str] = field(default_factory=list)
-    chat: list[bytes] = field(default_factory=list)  # the trainers' row (system prompt added), a JSON line, \n
-    guide: list[bytes] = field(default_factory=list)  # the guide's Alpaca / instruction-chosen-rejected row
+    # output lines, newline included: the trainers' row (system prompt added); the guide's Alpaca or
+    # instruction/chosen/rejected row
+    chat: list[bytes] = field(default_factory=list)
+    guide: list[bytes] = field(default_factory=list)
     redacted: dict[str, int] = field(default_factory=dict)  # PII kind -> replacements made in the chunk
     still: list[int] = field(default_factory=list)  # final(), set once the decisions over the set are taken
 

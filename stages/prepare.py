@@ -207,8 +207,8 @@ def judge_sources(
 
 
 def expected_rows(source: Source, head: list[RawRow]) -> int:
-    """About how many rows a JSONL file of more than one chunk has, from its size and its first lines'
-    (0 for other sources)."""
+    """About how many rows a JSONL file of more than one chunk has, from its size and the size of its first
+    lines (0 for other sources)."""
     lines = [item[1] for item in head if isinstance(item, tuple)]  # JSONL: (line number, bytes)
     if len(head) < CHUNK_ROWS or len(lines) < len(head):  # small, a JSON array or a hub dataset
         return 0
