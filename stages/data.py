@@ -112,9 +112,7 @@ def read_chunks(path: str | Path, rows: int) -> Iterator[LineBlock | list[RawRow
         head = f.read(4096)
     if head.removeprefix(BOM).lstrip()[:1] == b"[":
         data = path.read_bytes().removeprefix(BOM)
-        records = _read_json_array(str(path), data)
-        while chunk := list(islice(records, rows)):
-            yield chunk
+        yield from chunked(_read_json_array(str(path), data), rows)
         return
     blocks = _line_blocks(path, rows)
     for block in blocks:
@@ -122,6 +120,13 @@ def read_chunks(path: str | Path, rows: int) -> Iterator[LineBlock | list[RawRow
         yield block
         break
     yield from blocks
+
+
+def chunked(rows: Iterable[RawRow], size: int) -> Iterator[list[RawRow]]:
+    """Lists of `size` rows (the last one shorter)."""
+    rows = iter(rows)
+    while chunk := list(islice(rows, size)):
+        yield chunk
 
 
 def read_raw_rows(path: str | Path) -> Iterator[RawRow]:

@@ -235,7 +235,7 @@ def normalise_texts(texts: list[str]) -> list[str]:
     after_blank[starts[lengths > 0]] = True
     keep = ~(blank & after_blank)  # runs of blanks become one space, leading ones go (trailing: below)
     joined = np.where(blank, np.uint32(32), folded[raw])[keep].tobytes().decode("utf-32-le", "surrogatepass")
-    kept, unplain = _running(keep), _running(~plain[raw])
+    kept, unplain = running_sums(keep), running_sums(~plain[raw])
     exact = (unplain[ends] != unplain[starts]).tolist()
     normalised = []
     for lo, hi, odd, text in zip(kept[starts].tolist(), kept[ends].tolist(), exact, texts, strict=True):
@@ -246,13 +246,21 @@ def normalise_texts(texts: list[str]) -> list[str]:
     return normalised
 
 
-def _running(mask: Any) -> Any:
-    """How many of `mask` are true before each position (one entry more, for the end)."""
+def running_sums(values: Any) -> Any:
+    """The sum of `values` (an array; booleans count 1) before each position, and the total at the end."""
     import numpy as np
 
-    counts = np.zeros(len(mask) + 1, dtype=np.int64)
-    np.cumsum(mask, out=counts[1:])
-    return counts
+    totals = np.zeros(len(values) + 1, dtype=np.result_type(values.dtype, np.int64))
+    np.cumsum(values, out=totals[1:])
+    return totals
+
+
+def segment_sums(values: Any, lengths: Any) -> Any:
+    """Sums of consecutive segments of `values` of these lengths (empty ones included)."""
+    import numpy as np
+
+    totals, ends = running_sums(values), np.cumsum(lengths)
+    return totals[ends] - totals[ends - lengths]
 
 
 @functools.cache

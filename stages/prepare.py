@@ -31,12 +31,12 @@ import sys
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, fields
-from itertools import islice
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
 from stages import filters
-from stages.data import DataError, LineBlock, RawRow, Record, dumpb, parse_jsonl_line, read_chunks
+from stages.data import DataError, LineBlock, RawRow, Record, chunked, dumpb, parse_jsonl_line, read_chunks
 from stages.formats import NORMALISERS, detect_format, is_preference_format
 from stages.judging import Judge, PrepareError, TokenizerCounter, Verdicts, make_judge
 from stages.params import ParamsError, Prepare, PrepareSource, load_params
@@ -111,7 +111,7 @@ def read_source(source: Source) -> Iterator[Chunk]:
     """Chunks of CHUNK_ROWS rows of a local file (JSONL or JSON array), or of a hub dataset through
     `datasets`."""
     if source.config.hub:
-        return _chunks(read_hub(source.config))
+        return chunked(read_hub(source.config), CHUNK_ROWS)
     if not Path(source.name).is_file():
         raise PrepareError(f"{source.name}: source file not found")
     return read_chunks(source.name, CHUNK_ROWS)
@@ -190,7 +190,7 @@ def judge_sources(
             log.info("%s: format %s", source.name, fmt)
             source.expected_rows = expected_rows(source, head)
             columns, source.length_every = source.column_map, length_sample_every(source, head)
-            tasks = ((chunk, source.name, fmt, columns, source.length_every) for chunk in _chain(opening, chunks))
+            tasks = ((chunk, source.name, fmt, columns, source.length_every) for chunk in chain(opening, chunks))
             if num_proc > 1 and len(opening) > 1:
                 if pool is None:
                     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # one thread per worker
@@ -219,16 +219,6 @@ def length_sample_every(source: Source, head: list[RawRow]) -> int:
     """Token lengths for the statistics are counted in one of this many kept rows: all of them up to
     LENGTH_SAMPLE rows, then a hash sample of about that size (in a large JSONL file)."""
     return max(1, round(expected_rows(source, head) / LENGTH_SAMPLE))
-
-
-def _chain(head: list[Chunk], rest: Iterator[Chunk]) -> Iterator[Chunk]:
-    yield from head
-    yield from rest
-
-
-def _chunks(rows: Iterator[RawRow]) -> Iterator[list[RawRow]]:
-    while chunk := list(islice(rows, CHUNK_ROWS)):
-        yield chunk
 
 
 def _ordered(pool: Any, tasks: Iterator[Any], window: int) -> Iterator[Verdicts]:

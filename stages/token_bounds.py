@@ -33,6 +33,8 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
+from stages.filters import segment_sums
+
 Message = dict[str, str]
 
 
@@ -88,10 +90,11 @@ class NormalizerBounds:
         per_char = max([4, *(1 + delta for _, delta in self.replaces)])  # a replaced character: 1 byte + delta
         return math.ceil(self.grow * per_char * chars) + self.prepend * segments
 
-    def fewest_bytes(self, text: str) -> int | None:
-        if not self.known:
-            return None
-        return math.floor(self.shrink * len(text.encode("utf-8")))
+    def fewest_bytes(self, raw_bytes: Any) -> Any:
+        """Normalised bytes at least, from texts' UTF-8 lengths (an array); None: no bound."""
+        import numpy as np
+
+        return np.floor(self.shrink * raw_bytes) if self.known else None
 
 
 @dataclass(frozen=True)
@@ -121,15 +124,15 @@ class TokenBounds:
 
     def at_least_many(self, texts: list[str]) -> list[int]:
         """at_least() of many texts: the byte bound, or the character-weight bound where it is tighter."""
-        if self.longest_piece is None:
+        import numpy as np
+
+        fewest = self.normalizer.fewest_bytes(_utf8_lengths(texts))
+        if self.longest_piece is None or fewest is None:
             return [0] * len(texts)
+        lows = np.ceil(fewest / self.longest_piece)
         if self.weights is not None:
-            return self.weights.at_least_many(texts, self.normalizer.shrink, self.longest_piece)
-        lows = []
-        for text in texts:
-            fewest = self.normalizer.fewest_bytes(text)
-            lows.append(0 if fewest is None else math.ceil(fewest / self.longest_piece))
-        return lows
+            lows = np.maximum(lows, self.weights.at_least_many(texts))
+        return lows.astype(np.int64).tolist()
 
     def at_most(self, text: str, segments: int = 1) -> int | None:
         most = self.normalizer.most_bytes(text, segments)
@@ -190,40 +193,29 @@ class CharWeights:
             table[ord(pattern)] = sum(table[ord(c)] for c in content)
         return cls(table, byte_level, "NFC" in kinds)
 
-    def at_least_many(self, texts: list[str], shrink: float, longest_piece: int) -> list[int]:
-        """The larger of this bound and the byte bound (normalised bytes >= shrink x bytes, over the
-        longest piece), for many texts at once."""
+    def at_least_many(self, texts: list[str]) -> Any:
+        """The bound for each text (an array); 0 for a text NFC would change, where it does not hold."""
         import numpy as np
 
-        if not texts:
-            return []
         if self.byte_level:
             encoded = [text.encode("utf-8", "surrogatepass") for text in texts]
             units = np.frombuffer(b"".join(encoded), dtype=np.uint8)
             lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=len(texts))
-            utf8 = lengths
         else:
             units = np.frombuffer("".join(texts).encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
             lengths = np.fromiter(map(len, texts), dtype=np.int64, count=len(texts))
-            utf8 = _segment_sums(_utf8_sizes()[units], lengths)
-        # Rounding in the sums is far below 1e-6.
-        weighed = np.ceil(_segment_sums(self.table[units], lengths) - 1e-6)
-        lows = np.maximum(weighed, np.ceil(np.floor(shrink * utf8) / longest_piece)).astype(np.int64).tolist()
-        if self.nfc:  # a text NFC would change gets the byte bound only
-            for i, text in enumerate(texts):
-                if not unicodedata.is_normalized("NFC", text):
-                    lows[i] = math.ceil(math.floor(shrink * len(text.encode("utf-8", "surrogatepass"))) / longest_piece)
+        lows = np.ceil(segment_sums(self.table[units], lengths) - 1e-6)  # rounding in the sums is far less
+        if self.nfc:
+            lows[[not unicodedata.is_normalized("NFC", text) for text in texts]] = 0
         return lows
 
 
-def _segment_sums(values: Any, lengths: Any) -> Any:
-    """Sums of consecutive segments of `values` of these lengths (empty ones included)."""
+def _utf8_lengths(texts: list[str]) -> Any:
+    """The UTF-8 length of each text (an array; a lone surrogate counts 3, as surrogatepass writes it)."""
     import numpy as np
 
-    totals = np.zeros(len(values) + 1, dtype=values.dtype)
-    np.cumsum(values, out=totals[1:])
-    ends = np.cumsum(lengths)
-    return totals[ends] - totals[ends - lengths]
+    codes = np.frombuffer("".join(texts).encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+    return segment_sums(_utf8_sizes()[codes], np.fromiter(map(len, texts), dtype=np.int64, count=len(texts)))
 
 
 @functools.cache
@@ -249,14 +241,9 @@ def _pre_tokenizers(pre_tokenizer: dict[str, Any] | None, kind: str) -> list[str
 
 def _byte_level_alphabet() -> list[str]:
     """GPT-2's byte -> printable character map, as the ByteLevel pre-tokenizer spells bytes."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    alphabet, extra = {}, 0
-    for byte in range(256):
-        if byte in printable:
-            alphabet[byte] = chr(byte)
-        else:
-            alphabet[byte] = chr(256 + extra)
-            extra += 1
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    alphabet = bytes_to_unicode()
     return [alphabet[byte] for byte in range(256)]
 
 

@@ -441,6 +441,11 @@ def test_params_out_of_range_are_named(tmp_path: Path) -> None:
         run_cli([FIXTURES / "qa.jsonl"], tmp_path / "out.jsonl", on_error="ignore")
 
 
+def test_a_threshold_that_leaves_one_lsh_band_is_a_params_error(tmp_path: Path) -> None:
+    with pytest.raises(prepare.PrepareError, match=r"params.yaml: prepare: near_dup_threshold 0.9 with 16 .*single"):
+        run_cli([FIXTURES / "qa.jsonl"], tmp_path / "out.jsonl", near_dup_threshold=0.9, near_dup_num_perm=16)
+
+
 def test_params_yaml_takes_plain_paths_and_mapped_hub_sources(tmp_path: Path) -> None:
     from stages.params import ParamsError, load_params
 
