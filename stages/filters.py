@@ -214,36 +214,34 @@ def normalise_texts(texts: list[str]) -> list[str]:
     """normalise_text() of many texts at once, equal to `" ".join(NFKC(text).split()).casefold()` for each.
 
     Python's NFKC costs ~100 ns a character once a text has anything to change, and Chinese text nearly
-    always has (full-width punctuation). So the texts go through array operations together instead: a
-    table takes each character to its NFKC, case-folded, and runs of whitespace are collapsed. That is
+    always has (full-width punctuation). So the texts go through one compiled loop together instead
+    (stages/kernels.py): a table takes each character to its NFKC, case-folded, and runs of whitespace
+    are collapsed. That is
     exact for text made of "plain" characters, each of which becomes one character that is in NFKC on
     its own and cannot combine with a neighbour (quick check Yes, combining class 0): replacing
     characters by their own NFKC leaves a text's NFKD, so its NFKC, unchanged. A text with any other
     character (combining marks, Hangul jamo, ligatures, ß, astral letters ...) takes unicodedata's way."""
-    import numpy as np
+    from stages import kernels
 
     folded, plain, space = _character_tables()
-    if not texts:
-        return []
-    raw = np.frombuffer("".join(texts).encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
-    lengths = np.fromiter(map(len, texts), dtype=np.int64, count=len(texts))
-    ends = np.cumsum(lengths)
-    starts = ends - lengths
-    blank = space[raw]
-    after_blank = np.ones(len(raw), dtype=bool)  # a text's first character counts as after a blank
-    after_blank[1:] = blank[:-1]
-    after_blank[starts[lengths > 0]] = True
-    keep = ~(blank & after_blank)  # runs of blanks become one space, leading ones go (trailing: below)
-    joined = np.where(blank, np.uint32(32), folded[raw])[keep].tobytes().decode("utf-32-le", "surrogatepass")
-    kept, unplain = running_sums(keep), running_sums(~plain[raw])
-    exact = (unplain[ends] != unplain[starts]).tolist()
-    normalised = []
-    for lo, hi, odd, text in zip(kept[starts].tolist(), kept[ends].tolist(), exact, texts, strict=True):
-        if odd:
-            normalised.append(" ".join(unicodedata.normalize("NFKC", text).split()).casefold())
-        else:
-            normalised.append(joined[lo : hi - 1] if hi > lo and joined[hi - 1] == " " else joined[lo:hi])
-    return normalised
+    codes, starts = _code_points(texts)
+    out, out_starts, unplain = kernels.normalise(codes, starts, folded, plain, space)
+    joined = out.tobytes().decode("utf-32-le", "surrogatepass")
+    bounds = out_starts.tolist()
+    return [
+        " ".join(unicodedata.normalize("NFKC", text).split()).casefold() if odd else joined[bounds[i] : bounds[i + 1]]
+        for i, (odd, text) in enumerate(zip(unplain.tolist(), texts, strict=True))
+    ]
+
+
+def _code_points(texts: list[str]) -> tuple[Any, Any]:
+    """The texts' code points in one uint32 array, and where each text starts (and the last one ends)."""
+    import numpy as np
+
+    codes = np.frombuffer(bytearray("".join(texts).encode("utf-32-le", "surrogatepass")), dtype=np.uint32)
+    starts = np.zeros(len(texts) + 1, dtype=np.int64)
+    np.cumsum(np.fromiter(map(len, texts), dtype=np.int64, count=len(texts)), out=starts[1:])
+    return codes, starts
 
 
 def running_sums(values: Any) -> Any:
@@ -329,33 +327,13 @@ def row_id(content: str) -> str:
 
 def shingle_hashes(text: str, size: int) -> Any:
     """32-bit hashes (numpy array) of the text's character n-grams, which work for Chinese (written
-    without spaces) as well as for English: a polynomial hash over the code points, then mixed."""
-    hashes, _ = shingle_hashes_many([text], size)
+    without spaces) as well as for English: a polynomial hash over the code points, then mixed (murmur3's
+    64-bit finaliser, so that every code point reaches the top half kept). A text shorter than `size` is
+    padded with U+0000 to one n-gram."""
+    from stages import kernels
+
+    hashes, _ = kernels.shingle_hashes(*_code_points([text]), size)
     return hashes
-
-
-def shingle_hashes_many(texts: list[str], size: int) -> tuple[Any, Any]:
-    """shingle_hashes() of many texts in one pass: (all hashes concatenated, where each text's start).
-    A text shorter than `size` is padded with U+0000 to one shingle."""
-    import numpy as np
-
-    padded = [t if len(t) >= size else t + "\0" * (size - len(t)) for t in texts]
-    lengths = np.fromiter(map(len, padded), dtype=np.int64, count=len(padded))
-    codes = np.frombuffer("".join(padded).encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
-    count = len(codes) - size + 1
-    hashes = np.zeros(count, dtype=np.uint64)
-    for k in range(size):  # wraps modulo 2**64, on purpose
-        hashes = hashes * np.uint64(1_000_003) + codes[k : k + count]
-    per_text = lengths - size + 1  # shingles that do not cross into the next text
-    offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-    starts = np.concatenate([[0], np.cumsum(per_text)[:-1]])
-    hashes = hashes[np.repeat(offsets - starts, per_text) + np.arange(per_text.sum())]
-    hashes ^= hashes >> np.uint64(33)  # murmur3's 64-bit finaliser: every input bit reaches the top half
-    hashes *= np.uint64(0xFF51AFD7ED558CCD)
-    hashes ^= hashes >> np.uint64(33)
-    hashes *= np.uint64(0xC4CEB9FE1A85EC53)
-    hashes ^= hashes >> np.uint64(33)
-    return (hashes >> np.uint64(32)).astype(np.uint32), starts
 
 
 @functools.lru_cache(maxsize=4)
@@ -378,34 +356,14 @@ def minhash_signature(text: str, num_perm: int, shingle_size: int = 5) -> Any:
 
 
 def minhash_signatures(texts: list[str], num_perm: int, shingle_size: int = 5, used: int | None = None) -> Any:
-    """minhash_signature() of many texts, as rows of one array: all shingles of a block of texts go
-    through the permutations in one numpy expression, rather than one Python call per shingle or text.
-    `used`: compute only the first this many permutations (LSH bands may not use them all)."""
-    import numpy as np
+    """minhash_signature() of many texts, as rows of one array, in two compiled loops over all their
+    shingles (stages/kernels.py). `used`: only the first this many permutations (LSH bands may not use
+    them all)."""
+    from stages import kernels
 
     a, b = (p[:used] for p in permutations(num_perm))
-    hashes, starts = shingle_hashes_many(texts, shingle_size)
-    hashes ^= hashes >> np.uint32(16)
-    hashes *= np.uint32(0x85EBCA6B)
-    hashes ^= hashes >> np.uint32(13)
-    hashes *= np.uint32(0xC2B2AE35)
-    hashes ^= hashes >> np.uint32(16)
-    signatures = np.empty((len(texts), len(a)), dtype=np.uint32)
-    bounds = [*starts.tolist(), len(hashes)]
-    # Texts per block: the permutations x shingles matrix stays about 1 MiB, in cache, and one buffer
-    # serves every block (a fresh multi-MiB array per block costs more in page faults than the arithmetic).
-    block = max(1, 4096 // len(a))
-    widest = max(bounds[min(i + block, len(texts))] - bounds[i] for i in range(0, len(texts), block)) if texts else 0
-    buffer = np.empty(len(a) * widest, dtype=np.uint32)
-    a, b = a[:, None], b[:, None]
-    for first in range(0, len(texts), block):
-        last = min(first + block, len(texts))
-        lo, hi = bounds[first], bounds[last]
-        matrix = buffer[: len(a) * (hi - lo)].reshape(len(a), hi - lo)
-        np.multiply(a, hashes[None, lo:hi], out=matrix)  # permutations x shingles: rows reduce contiguously
-        matrix += b
-        signatures[first:last] = np.minimum.reduceat(matrix, starts[first:last] - lo, axis=1).T
-    return signatures
+    hashes, offsets = kernels.shingle_hashes(*_code_points(texts), shingle_size)
+    return kernels.min_hashes(hashes, offsets, a, b)
 
 
 def band_hashes(text: str, num_perm: int, bands: int, rows_per_band: int) -> list[int]:
@@ -452,77 +410,6 @@ def lsh_bands(threshold: float, num_perm: int) -> tuple[int, int]:
     if bands < 2:  # as datasketch refuses: one band is an exact match of the whole signature
         raise ValueError(f"near_dup_threshold {threshold} with {num_perm} permutations gives a single LSH band")
     return int(bands), int(rows)
-
-
-class FirstSeen:
-    """64-bit keys -> the first row (a number) that had them, for millions of keys: an open-addressing hash
-    table in two numpy arrays (linear probing, at most half full, 12 bytes a slot). Keys are looked up
-    and added a chunk at a time, each probing round one vectorised step, so a lookup costs about one
-    cache miss however many keys are stored (a sorted array's binary search costs twenty)."""
-
-    def __init__(self, capacity: int = 1 << 16) -> None:
-        import numpy as np
-
-        self._np = np
-        self.keys = np.zeros(capacity, dtype=np.uint64)  # 0 = an empty slot; key 0 itself lives in `zero`
-        self.rows = np.zeros(capacity, dtype=np.int32)
-        self.size = 0
-        self.zero = -1  # the row of key 0, if seen
-
-    def find(self, keys: Any) -> Any:
-        """The row that first had each key (a uint64 array), -1 for keys not seen."""
-        np = self._np
-        found = np.full(len(keys), -1, dtype=np.int64)
-        found[keys == 0] = self.zero
-        mask = np.uint64(len(self.keys) - 1)
-        pending = np.flatnonzero(keys != 0)
-        slots = (keys[pending] & mask).astype(np.int64)
-        while len(pending):
-            stored = self.keys[slots]
-            hit = stored == keys[pending]
-            found[pending[hit]] = self.rows[slots[hit]]
-            going = ~hit & (stored != 0)  # an empty slot ends the probe: not there
-            pending, slots = pending[going], (slots[going] + 1) & int(mask)
-        return found
-
-    def add(self, keys: Any, rows: Any) -> None:
-        """Remember new keys (a uint64 array of distinct keys, none seen before) with their rows."""
-        np = self._np
-        if (keys == 0).any():
-            self.zero = int(rows[keys == 0][0])
-            keys, rows = keys[keys != 0], rows[keys != 0]
-        self.reserve(len(keys))
-        self._place(keys, rows.astype(np.int32))
-        self.size += len(keys)
-
-    def reserve(self, more: int) -> None:
-        """Room for `more` keys than are stored, in one growth rather than a doubling at a time."""
-        capacity = len(self.keys)
-        while 2 * (self.size + more) > capacity:
-            capacity *= 2
-        if capacity > len(self.keys):
-            self._grow(capacity)
-
-    def _place(self, keys: Any, rows: Any) -> None:
-        np = self._np
-        mask = len(self.keys) - 1
-        slots = (keys & np.uint64(mask)).astype(np.int64)
-        while len(keys):
-            free = np.flatnonzero(self.keys[slots] == 0)
-            self.keys[slots[free]] = keys[free]  # keys after the same free slot: one of them lands
-            placed = free[self.keys[slots[free]] == keys[free]]
-            self.rows[slots[placed]] = rows[placed]
-            going = np.ones(len(keys), dtype=bool)
-            going[placed] = False
-            keys, rows, slots = keys[going], rows[going], (slots[going] + 1) & mask
-
-    def _grow(self, capacity: int) -> None:
-        np = self._np
-        used = self.keys != 0
-        keys, rows = self.keys[used], self.rows[used]
-        self.keys = np.zeros(capacity, dtype=np.uint64)
-        self.rows = np.zeros(capacity, dtype=np.int32)
-        self._place(keys, rows)
 
 
 # -------------------------------------------------------------------------------- split and sampling

@@ -37,8 +37,8 @@ class SetDecisions:
     def __init__(self, seed: int, on_error: str) -> None:
         self.seed = seed
         self.on_error = on_error
-        self.ids = filters.FirstSeen()
-        self.bands = filters.FirstSeen()
+        self.ids = KeyTable()
+        self.bands = KeyTable()
         # Row number -> where it came from, for rows that own a key: (source index, line), 6 bytes a row.
         self.sources: list[str] = []
         self.place_source, self.place_line = array("H"), array("L")
@@ -61,44 +61,29 @@ class SetDecisions:
         verdicts.still = verdicts.final()
 
     def _dedup(self, verdicts: Verdicts) -> int:
-        """Exact and near duplicates of a chunk's rows, looked up together. A row none of whose keys is
-        stored or shared with another row of the chunk is new: only the others are decided one by one,
-        in input order, as each may have an earlier row of the chunk to be a duplicate of."""
+        """Exact and near duplicates of a chunk's rows, in input order (stages/kernels.py: deduplicate):
+        each row against every row before it, in this chunk or an earlier one."""
         import numpy as np
+
+        from stages import kernels
 
         kept = verdicts.kept
         ids = np.frombuffer(bytes.fromhex("".join(verdicts.ids)), dtype=">u8").astype(np.uint64)
         bands = verdicts.bands if verdicts.bands is not None else np.empty((len(kept), 0), dtype=np.uint64)
-        stored_id = self.ids.find(ids)
-        stored_bands = self.bands.find(bands.ravel()).reshape(bands.shape)
-        suspects = (
-            (stored_id >= 0)
-            | (stored_bands >= 0).any(axis=1)
-            | _repeated(ids)
-            | _repeated(bands.ravel()).reshape(bands.shape).any(axis=1)
-        )
+        self.ids.reserve(len(kept))
+        self.bands.reserve(bands.size)
         rows = self.remember(verdicts)
-        new = np.ones(len(kept), dtype=bool)
-        seen_ids: dict[int, int] = {}
-        seen_bands: dict[int, int] = {}
-        for k in np.flatnonzero(suspects).tolist():
-            i, key, row_bands = kept[k], int(ids[k]), bands[k].tolist()
-            earlier = int(stored_id[k]) if stored_id[k] >= 0 else seen_ids.get(key)
-            if earlier is not None:
-                verdicts.reasons[i], verdicts.details[i] = "duplicate", f"same content as {self.place(earlier)}"
+        earlier, exact = kernels.deduplicate(*self.ids.arrays(), *self.bands.arrays(), ids, bands, rows)
+        duplicates = np.flatnonzero(earlier >= 0).tolist()
+        for k in duplicates:
+            i, where = kept[k], self.place(int(earlier[k]))
+            if exact[k]:
+                verdicts.reasons[i], verdicts.details[i] = "duplicate", f"same content as {where}"
             else:
-                stored = stored_bands[k].tolist()
-                hits = (hit if hit >= 0 else seen_bands.get(band) for hit, band in zip(stored, row_bands, strict=True))
-                similar = next((hit for hit in hits if hit is not None), None)
-                if similar is None:
-                    seen_ids[key] = int(rows[k])
-                    seen_bands.update(dict.fromkeys(row_bands, int(rows[k])))
-                    continue
-                verdicts.reasons[i], verdicts.details[i] = "near_duplicate", f"near-duplicate of {self.place(similar)}"
-            new[k] = False
-        self.ids.add(ids[new], rows[new])
-        self.bands.add(bands[new].ravel(), np.repeat(rows[new], bands.shape[1]))
-        return len(kept) - int(new.sum())
+                verdicts.reasons[i], verdicts.details[i] = "near_duplicate", f"near-duplicate of {where}"
+        self.ids.size += len(kept) - len(duplicates)
+        self.bands.size += (len(kept) - len(duplicates)) * bands.shape[1]  # at most: a row may repeat a band
+        return len(duplicates)
 
     def remember(self, verdicts: Verdicts) -> Any:
         """Row numbers for the judge's kept rows, which remember where each came from."""
@@ -109,7 +94,7 @@ class SetDecisions:
             self.sources.append(verdicts.file)
         self.place_source.extend([len(self.sources) - 1] * len(verdicts.kept))
         self.place_line.extend([verdicts.lines[i] for i in verdicts.kept])
-        return np.arange(first, len(self.place_line), dtype=np.int64)
+        return np.arange(first, len(self.place_line), dtype=np.int32)
 
     def place(self, row: int) -> str:
         return f"{self.sources[self.place_source[row]]}:{self.place_line[row]}"
@@ -130,18 +115,36 @@ class SetDecisions:
                 self.kept_per_source[source.name] += 1
 
 
-def _repeated(keys: Any) -> Any:
-    """Which keys (a uint64 array) occur more than once in it."""
-    import numpy as np
+class KeyTable:
+    """64-bit keys -> the first row (a number) that had them, for millions of keys: an open-addressing
+    hash table in two numpy arrays (linear probing, at most half full, 12 bytes a slot), read and written
+    by the compiled loops of stages/kernels.py."""
 
-    order = np.argsort(keys, kind="stable")
-    same = keys[order][1:] == keys[order][:-1]
-    marked = np.zeros(len(keys), dtype=bool)
-    marked[1:] |= same
-    marked[:-1] |= same
-    repeated = np.empty(len(keys), dtype=bool)
-    repeated[order] = marked
-    return repeated
+    def __init__(self, capacity: int = 1 << 16) -> None:
+        import numpy as np
+
+        self.keys = np.zeros(capacity, dtype=np.uint64)
+        self.rows = np.full(capacity, -1, dtype=np.int32)  # -1: an empty slot
+        self.size = 0  # keys stored (or an upper bound)
+
+    def arrays(self) -> tuple[Any, Any]:
+        return self.keys, self.rows
+
+    def reserve(self, more: int) -> None:
+        """Room for `more` keys than are stored, in one growth rather than a doubling at a time."""
+        import numpy as np
+
+        from stages import kernels
+
+        capacity = len(self.keys)
+        while 2 * (self.size + more) > capacity:
+            capacity *= 2
+        if capacity > len(self.keys):
+            used = self.rows >= 0
+            keys, rows = self.keys[used], self.rows[used]
+            self.keys = np.zeros(capacity, dtype=np.uint64)
+            self.rows = np.full(capacity, -1, dtype=np.int32)
+            kernels.insert(self.keys, self.rows, keys, rows)
 
 
 @dataclass

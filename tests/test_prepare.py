@@ -410,28 +410,53 @@ def test_two_worker_processes_give_the_same_files_as_one(
     assert (tmp_path / "one.rejects.jsonl").read_bytes() == (tmp_path / "two.rejects.jsonl").read_bytes()
 
 
-@settings(max_examples=25, deadline=None)
-@given(st.lists(st.lists(st.integers(0, 2**64 - 1) | st.integers(0, 40), max_size=300), max_size=12))
-def test_first_seen_finds_what_a_dict_would(batches: list[list[int]]) -> None:
-    """Batches of keys (small ones collide in the table's slots, 0 included) looked up and then added,
-    from a tiny table that has to grow: the same answers as a plain dict of first rows."""
+KEY = st.integers(0, 2**64 - 1) | st.integers(0, 40)  # small keys collide in a small table's slots
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.integers(0, 3).flatmap(  # bands per row: 0 when near-duplicates are off
+        lambda width: st.lists(
+            st.lists(st.tuples(KEY, st.lists(KEY, min_size=width, max_size=width)), max_size=150), max_size=8
+        )
+    )
+)
+def test_duplicate_pass_decides_what_dicts_decide_row_by_row(chunks: list[list[tuple[int, list[int]]]]) -> None:
+    """Chunks of (id, bands) rows through the compiled pass and its two growing key tables (key 0 and
+    repeated keys included): each row's earlier row and kind, as dicts of first rows decide them."""
     import numpy as np
 
-    from stages.filters import FirstSeen
+    from stages import kernels
+    from stages.tally import KeyTable
 
-    seen, reference, row = FirstSeen(capacity=4), {}, 0
-    for batch in batches:
-        keys = np.array(batch, dtype=np.uint64)
-        assert seen.find(keys).tolist() == [reference.get(key, -1) for key in batch]
-        if len(batch) % 3 == 0:
-            seen.reserve(5 * len(batch))  # growing ahead, as prepare does from a file's size
-        new = [key for key in dict.fromkeys(batch) if key not in reference]
-        rows = list(range(row, row + len(new)))
-        seen.add(np.array(new, dtype=np.uint64), np.array(rows, dtype=np.int64))
-        reference.update(zip(new, rows, strict=True))
-        row += len(new)
-    everything = np.array(list(reference) + [2**64 - 2, 41], dtype=np.uint64)
-    assert seen.find(everything).tolist() == [*reference.values(), *[reference.get(k, -1) for k in (2**64 - 2, 41)]]
+    ids_table, bands_table, row = KeyTable(capacity=4), KeyTable(capacity=4), 0
+    first_id: dict[int, int] = {}
+    first_band: dict[int, int] = {}
+    for chunk in chunks:
+        expected = []
+        for offset, (key, row_bands) in enumerate(chunk):
+            if key in first_id:
+                expected.append((first_id[key], True))
+                continue
+            hit = next((first_band[band] for band in row_bands if band in first_band), -1)
+            expected.append((hit, False))
+            if hit < 0:
+                first_id[key] = row + offset
+                for band in row_bands:
+                    first_band.setdefault(band, row + offset)
+        width = len(chunk[0][1]) if chunk else 0
+        ids = np.array([key for key, _ in chunk], dtype=np.uint64)
+        bands = np.array([b for _, b in chunk], dtype=np.uint64).reshape(len(chunk), width)
+        ids_table.reserve(len(chunk))
+        bands_table.reserve(bands.size)
+        rows = np.arange(row, row + len(chunk), dtype=np.int32)
+        earlier, exact = kernels.deduplicate(*ids_table.arrays(), *bands_table.arrays(), ids, bands, rows)
+        assert list(zip(earlier.tolist(), exact.tolist(), strict=True)) == expected
+        ids_table.size += len(chunk)
+        bands_table.size += bands.size
+        row += len(chunk)
+    stored = ids_table.rows >= 0
+    assert dict(zip(ids_table.keys[stored].tolist(), ids_table.rows[stored].tolist(), strict=True)) == first_id
 
 
 def test_params_out_of_range_are_named(tmp_path: Path) -> None:

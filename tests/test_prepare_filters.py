@@ -21,12 +21,53 @@ def shingle_set(text: str) -> set[str]:
     return {text[i : i + 5] for i in range(len(text) - 4)}
 
 
+def reference_shingle_hashes(text: str, size: int) -> list[int]:
+    """The shingle hash as specified, in Python integers: a polynomial over the code points modulo 2**64,
+    murmur3's 64-bit finaliser, the top 32 bits; a short text padded with U+0000 to one shingle."""
+    mask = (1 << 64) - 1
+    codes = [ord(c) for c in text] + [0] * max(0, size - len(text))
+    hashes = []
+    for start in range(len(codes) - size + 1):
+        value = 0
+        for code in codes[start : start + size]:
+            value = (value * 1_000_003 + code) & mask
+        for multiplier in (0xFF51AFD7ED558CCD, 0xC4CEB9FE1A85EC53):
+            value = ((value ^ (value >> 33)) * multiplier) & mask
+        hashes.append((value ^ (value >> 33)) >> 32)
+    return hashes
+
+
 def test_signature_is_exactly_datasketch_minhash_of_the_shingles() -> None:
     from datasketch import MinHash
 
     minhash = MinHash(num_perm=64, seed=1, hashfunc=int)
     minhash.update_batch(filters.shingle_hashes(TEXT, 5).tolist())
     assert np.array_equal(filters.minhash_signature(TEXT, 64), minhash.hashvalues)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(st.text(alphabet=st.sampled_from("光合作用ab ，") | st.characters(), max_size=30), max_size=6),
+    st.integers(1, 6),
+    st.sampled_from([16, 64, 128]),
+)
+def test_compiled_shingles_and_signatures_match_python_and_datasketch(
+    texts: list[str], size: int, num_perm: int
+) -> None:
+    """Every text of a batch (empty and shorter-than-a-shingle ones, astral characters) gets the hashes
+    the spec gives and the signature datasketch computes from them; `used` keeps the first permutations."""
+    from datasketch import MinHash
+
+    signatures = filters.minhash_signatures(texts, num_perm, size)
+    first = filters.minhash_signatures(texts, num_perm, size, used=num_perm // 2)
+    assert signatures.shape == (len(texts), num_perm)
+    for text, signature, half in zip(texts, signatures, first, strict=True):
+        hashes = filters.shingle_hashes(text, size).tolist()
+        assert hashes == reference_shingle_hashes(text, size)
+        minhash = MinHash(num_perm=num_perm, seed=1, hashfunc=int)
+        minhash.update_batch(hashes)
+        assert np.array_equal(signature, minhash.hashvalues)
+        assert np.array_equal(half, signature[: num_perm // 2])
 
 
 def test_shingle_hashes_do_not_collide_on_a_sentence() -> None:
