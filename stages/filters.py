@@ -289,35 +289,36 @@ def _settled(char: str) -> bool:
     )
 
 
-def normalised_turns(sample: Sample) -> list[tuple[str, str]]:
-    """(role, normalised content) of every turn but the system prompt; a pair's answers as chosen/rejected."""
-    return normalised_turns_many([sample])[0]
+def content_text(sample: Sample) -> str:
+    """Normalised content without the system prompt, a "role:text" line a turn (a pair's answers as
+    chosen/rejected); its hash is the row id and the exact-dup key."""
+    return contents([sample])[0][0]
 
 
-def normalised_turns_many(samples: list[Sample]) -> list[list[tuple[str, str]]]:
-    """normalised_turns() of many samples, their texts normalised together."""
-    roles, texts, sizes = [], [], []
+def contents(samples: list[Sample]) -> tuple[list[str], list[str]]:
+    """content_text() of many samples, their texts normalised together; and each one's last user turn,
+    normalised (where its opening is read), "" when it has none."""
+    labels, texts, bounds, last_user = [], [], [0], []
     for sample in samples:
-        before = len(texts)
+        user = -1
         for message in sample.messages:
-            if message["role"] != "system":
-                roles.append(message["role"])
+            role = message["role"]
+            if role != "system":
+                if role == "user":
+                    user = len(texts)
+                labels.append(role + ":")
                 texts.append(message["content"])
         if sample.chosen is not None:
-            roles += ("chosen", "rejected")
+            labels += ("chosen:", "rejected:")
             texts += (sample.chosen, sample.rejected or "")
-        sizes.append(len(texts) - before)
-    turns = list(zip(roles, normalise_texts(texts), strict=True))
-    grouped, at = [], 0
-    for size in sizes:
-        grouped.append(turns[at : at + size])
-        at += size
-    return grouped
-
-
-def content_text(sample: Sample, turns: list[tuple[str, str]] | None = None) -> str:
-    """Normalised content without the system prompt; its hash is the row id and the exact-dup key."""
-    return "\n".join([f"{role}:{text}" for role, text in (normalised_turns(sample) if turns is None else turns)])
+        bounds.append(len(texts))
+        last_user.append(user)
+    normalised = normalise_texts(texts)
+    lines = list(map(str.__add__, labels, normalised))
+    return (
+        ["\n".join(lines[lo:hi]) for lo, hi in zip(bounds, bounds[1:], strict=False)],
+        [normalised[user] if user >= 0 else "" for user in last_user],
+    )
 
 
 def row_id(content: str) -> str:

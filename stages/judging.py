@@ -99,8 +99,7 @@ class Judge:
                 passed.append((i, sample))
             else:
                 verdicts.reasons[i], verdicts.details[i] = failing
-        turns = filters.normalised_turns_many([sample for _, sample in passed])
-        contents = [self.finish(verdicts, *row, row_turns) for row, row_turns in zip(passed, turns, strict=True)]
+        contents = self.finish(verdicts, passed)
         # token lengths for the statistics: every kept row, or one in `every` by its id
         counted = [k for k, row_id in enumerate(verdicts.ids) if every == 1 or int(row_id[:8], 16) % every == 0]
         lengths = counter.count_many([filters.own_text(passed[k][1]) for k in counted])
@@ -129,28 +128,39 @@ class Judge:
             sample = filters.scrub_sample(sample, verdicts.redacted)
         return sample
 
-    def finish(self, verdicts: Verdicts, i: int, sample: Sample, turns: list[tuple[str, str]]) -> str:
-        """Row i passed the row filters: its id, statistics and output lines, from its normalised turns.
-        Returns the row's normalised content (for its MinHash)."""
-        content = filters.content_text(sample, turns)
-        row_id = filters.row_id(content)
-        verdicts.kept.append(i)
-        verdicts.ids.append(row_id)
-        verdicts.kinds.append("pref" if sample.is_preference else "sft")
-        verdicts.tokens.append(-1)  # counted afterwards, for a sample of the rows
-        verdicts.openings.append(
-            normalised_opening(next((text for role, text in reversed(turns) if role == "user"), ""))
+    def finish(self, verdicts: Verdicts, passed: list[tuple[int, Sample]]) -> list[str]:
+        """The rows that passed the row filters (row i, its sample): their ids, statistics and output
+        lines, column by column. Returns their normalised contents (for their MinHash)."""
+        samples = [sample for _, sample in passed]
+        contents, users = filters.contents(samples)
+        verdicts.kept = [i for i, _ in passed]
+        verdicts.ids = ids = [filters.row_id(content) for content in contents]
+        verdicts.kinds = ["pref" if sample.is_preference else "sft" for sample in samples]
+        verdicts.tokens = [-1] * len(samples)  # counted afterwards, for a sample of the rows
+        verdicts.openings = [normalised_opening(text) for text in users]
+        system_prompt = self.rules.system_prompt
+        verdicts.chat = (
+            [b""] * len(samples)
+            if self.guide_only
+            else [
+                dumpb(
+                    {
+                        "id": row_id,
+                        "source": verdicts.source(i),
+                        **to_chat(filters.with_system_prompt(sample, system_prompt)),
+                    }
+                )
+                + b"\n"
+                for (i, sample), row_id in zip(passed, ids, strict=True)
+            ]
         )
-        chat = b""
-        if not self.guide_only:
-            with_system = filters.with_system_prompt(sample, self.rules.system_prompt)
-            chat = dumpb({"id": row_id, "source": verdicts.source(i), **to_chat(with_system)}) + b"\n"
-        verdicts.chat.append(chat)
-        guide = b""
-        if self.guide_only or not sample.is_preference:  # the stage writes only SFT rows in the guide's form
-            guide = dumpb(to_guide_pair(sample) if sample.is_preference else to_alpaca(sample)) + b"\n"
-        verdicts.guide.append(guide)
-        return content
+        verdicts.guide = [  # the stage writes only SFT rows in the guide's form
+            dumpb(to_guide_pair(sample) if sample.is_preference else to_alpaca(sample)) + b"\n"
+            if self.guide_only or not sample.is_preference
+            else b""
+            for sample in samples
+        ]
+        return contents
 
 
 def _json_bytes(value: Any) -> bytes:

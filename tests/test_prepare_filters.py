@@ -333,14 +333,14 @@ def test_contents_are_each_turn_normalised_under_its_role(rows: list[tuple[list[
     def plain(text: str) -> str:
         return " ".join(unicodedata.normalize("NFKC", text).split()).casefold()
 
-    samples, expected = [], []
+    samples, expected, last_user = [], [], []
     for turns, pair in rows:
         samples.append(Sample([{"role": role, "content": text} for role, text in turns], *(pair or (None, None))))
         lines = [(role, plain(text)) for role, text in turns if role != "system"]
         lines += [("chosen", plain(pair[0])), ("rejected", plain(pair[1]))] if pair else []
         expected.append("\n".join(f"{role}:{text}" for role, text in lines))
-    batch = filters.normalised_turns_many(samples)
-    assert [filters.content_text(sample, turns) for sample, turns in zip(samples, batch, strict=True)] == expected
+        last_user.append(next((plain(text) for role, text in reversed(turns) if role == "user"), ""))
+    assert filters.contents(samples) == (expected, last_user)
     assert [filters.content_text(sample) for sample in samples] == expected
 
 
