@@ -173,6 +173,14 @@ def _check_first_row(path: Path, block: LineBlock) -> None:
             )
 
 
+def loads_quietly(raw: bytes) -> Any:
+    """orjson's reading of a line, None where it fails (parse_jsonl_line then says why)."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+
+
 def parse_jsonl_line(file: str, line_no: int, raw: bytes) -> Record:
     """Parse one JSONL line into a Record (value or structural error). Pure, so workers can run it.
 

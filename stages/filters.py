@@ -72,18 +72,16 @@ class Rules:
     system_prompt: str
     tokens: TokenCounter
 
-    @property
-    def refusal_regex(self) -> re.Pattern[str] | None:
-        return _refusal_regex(self.refusal_patterns)
+    @functools.cached_property
+    def refusals(self) -> tuple[str, ...]:
+        """The patterns lower-cased, to look for in lower-cased text: case-insensitive, and several times
+        faster than re.IGNORECASE on Chinese text."""
+        return tuple(pattern.lower() for pattern in self.refusal_patterns)
 
-
-@functools.lru_cache(maxsize=8)
-def _refusal_regex(patterns: tuple[str, ...]) -> re.Pattern[str] | None:
-    """The patterns, lower-cased, as one regex searched in lower-cased text: case-insensitive, and
-    several times faster than re.IGNORECASE on Chinese text."""
-    if not patterns:
-        return None
-    return re.compile("|".join(re.escape(p.lower()) for p in patterns))
+    @functools.cached_property
+    def refusal_regex(self) -> re.Pattern[str]:
+        """The lower-cased patterns as one regex: where the first of them starts."""
+        return re.compile("|".join(map(re.escape, self.refusals)))
 
 
 def with_system(messages: list[Message], system_prompt: str) -> list[Message]:
@@ -132,14 +130,14 @@ def empty_turn(sample: Sample, rules: Rules) -> str | None:
 
 def refusal(sample: Sample, rules: Rules) -> str | None:
     """SFT answers only: in preference pairs a safe refusal is often the chosen answer (guide, 3.3)."""
-    regex = rules.refusal_regex
-    if regex is None or sample.is_preference:
+    if not rules.refusals or sample.is_preference:
         return None
     for message in sample.messages:
         if message["role"] == "assistant":
             text = message["content"]
             lowered = text.lower()
-            if match := regex.search(lowered):
+            # `in` first: several times faster than the regex, which then finds where the first one starts
+            if any(pattern in lowered for pattern in rules.refusals) and (match := rules.refusal_regex.search(lowered)):
                 said = text[match.start() : match.end()] if len(lowered) == len(text) else match.group(0)
                 return f"assistant turn contains {said!r}"
     return None

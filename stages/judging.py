@@ -14,7 +14,17 @@ from pathlib import Path
 from typing import Any
 
 from stages import filters, token_bounds
-from stages.data import LineBlock, Message, RawRow, Record, RowRejected, Sample, dumpb, parse_jsonl_line
+from stages.data import (
+    LineBlock,
+    Message,
+    RawRow,
+    Record,
+    RowRejected,
+    Sample,
+    dumpb,
+    loads_quietly,
+    parse_jsonl_line,
+)
 from stages.formats import normalise, to_alpaca, to_chat, to_guide_pair
 from stages.params import Prepare
 
@@ -112,18 +122,21 @@ class Judge:
 
     def read(self, item: RawRow, file: str, fmt: str, columns: dict[str, str], verdicts: Verdicts) -> Sample | None:
         """Parse and normalise one row into `verdicts`: its sample, or None when it is rejected already."""
-        record = item if isinstance(item, Record) else parse_jsonl_line(file, *item)
-        if record.error is not None:
-            error = record.error
-            verdicts.add(record.line, error.reason, str(error), json.dumps(error.raw, ensure_ascii=False).encode())
-            return None
-        row_json = record.raw or _json_bytes(record.value)
+        if isinstance(item, tuple) and isinstance(value := loads_quietly(item[1]), dict):
+            line, row_json = item  # a well-formed JSONL line, the common case: no Record needed
+        else:
+            record = item if isinstance(item, Record) else parse_jsonl_line(file, *item)
+            if record.error is not None:
+                error = record.error
+                verdicts.add(record.line, error.reason, str(error), json.dumps(error.raw, ensure_ascii=False).encode())
+                return None
+            line, value, row_json = record.line, record.value, record.raw or _json_bytes(record.value)
         try:
-            sample = normalise(record.value, fmt, columns)
+            sample = normalise(value, fmt, columns)
         except RowRejected as err:
-            verdicts.add(record.line, err.reason, err.detail, row_json)
+            verdicts.add(line, err.reason, err.detail, row_json)
             return None
-        verdicts.add(record.line, None, "", row_json)
+        verdicts.add(line, None, "", row_json)
         if self.redact_pii:
             sample = filters.scrub_sample(sample, verdicts.redacted)
         return sample
