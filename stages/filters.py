@@ -222,7 +222,7 @@ def normalise_texts(texts: list[str]) -> list[str]:
     from stages import kernels
 
     folded, plain, space = _character_tables()
-    codes, starts = _code_points(texts)
+    codes, starts = code_points(texts)
     out, out_starts, unplain = kernels.normalise(codes, starts, folded, plain, space)
     joined = out.tobytes().decode("utf-32-le", "surrogatepass")
     bounds = out_starts.tolist()
@@ -232,7 +232,7 @@ def normalise_texts(texts: list[str]) -> list[str]:
     ]
 
 
-def _code_points(texts: list[str]) -> tuple[Any, Any]:
+def code_points(texts: list[str]) -> tuple[Any, Any]:
     """The texts' code points in one uint32 array, and where each text starts (and the last one ends)."""
     import numpy as np
 
@@ -240,23 +240,6 @@ def _code_points(texts: list[str]) -> tuple[Any, Any]:
     starts = np.zeros(len(texts) + 1, dtype=np.int64)
     np.cumsum(np.fromiter(map(len, texts), dtype=np.int64, count=len(texts)), out=starts[1:])
     return codes, starts
-
-
-def running_sums(values: Any) -> Any:
-    """The sum of `values` (an array; booleans count 1) before each position, and the total at the end."""
-    import numpy as np
-
-    totals = np.zeros(len(values) + 1, dtype=np.result_type(values.dtype, np.int64))
-    np.cumsum(values, out=totals[1:])
-    return totals
-
-
-def segment_sums(values: Any, lengths: Any) -> Any:
-    """Sums of consecutive segments of `values` of these lengths (empty ones included)."""
-    import numpy as np
-
-    totals, ends = running_sums(values), np.cumsum(lengths)
-    return totals[ends] - totals[ends - lengths]
 
 
 @functools.cache
@@ -331,7 +314,7 @@ def shingle_hashes(text: str, size: int) -> Any:
     padded with U+0000 to one n-gram."""
     from stages import kernels
 
-    hashes, _ = kernels.shingle_hashes(*_code_points([text]), size)
+    hashes, _ = kernels.shingle_hashes(*code_points([text]), size)
     return hashes
 
 
@@ -361,7 +344,7 @@ def minhash_signatures(texts: list[str], num_perm: int, shingle_size: int = 5, u
     from stages import kernels
 
     a, b = (p[:used] for p in permutations(num_perm))
-    hashes, offsets = kernels.shingle_hashes(*_code_points(texts), shingle_size)
+    hashes, offsets = kernels.shingle_hashes(*code_points(texts), shingle_size)
     return kernels.min_hashes(hashes, offsets, a, b)
 
 

@@ -50,6 +50,36 @@ def normalise(codes, starts, folded, plain, space):
     return out[:written], out_starts, unplain
 
 
+@njit(types.Tuple((I64, types.float64[::1]))(U32, I64, types.float64[::1], types.boolean), cache=True, nogil=True)
+def utf8_lengths_and_weights(codes, starts, weights, byte_level):
+    """Each text's UTF-8 length (a surrogate counts 3, as surrogatepass writes it), and what its units
+    weigh in all: its code points, or with `byte_level` the bytes of their UTF-8 (0 when `weights` is
+    empty)."""
+    count = len(starts) - 1
+    lengths = np.zeros(count, dtype=np.int64)
+    sums = np.zeros(count, dtype=np.float64)
+    weighed = len(weights) > 0
+    for t in range(count):
+        size, weight = 0, 0.0
+        for i in range(starts[t], starts[t + 1]):
+            code = np.int64(codes[i])
+            width = 1 if code < 0x80 else 2 if code < 0x800 else 3 if code < 0x10000 else 4
+            size += width
+            if not weighed:
+                continue
+            if not byte_level:
+                weight += weights[code]
+            elif width == 1:
+                weight += weights[code]
+            else:
+                lead = 0xC0 if width == 2 else 0xE0 if width == 3 else 0xF0
+                weight += weights[lead | (code >> (6 * (width - 1)))]
+                for k in range(width - 2, -1, -1):  # continuation bytes, 6 bits each
+                    weight += weights[0x80 | ((code >> (6 * k)) & 0x3F)]
+        lengths[t], sums[t] = size, weight
+    return lengths, sums
+
+
 @njit(types.Tuple((U32, I64))(U32, I64, types.int64), cache=True, nogil=True)
 def shingle_hashes(codes, starts, size):
     """32-bit hashes of every run of `size` code points within each text (a text shorter than that is padded

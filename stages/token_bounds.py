@@ -26,14 +26,13 @@ placeholders must agree) and gets no skeleton.
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
-from stages.filters import segment_sums
+from stages.filters import code_points
 
 Message = dict[str, str]
 
@@ -126,12 +125,16 @@ class TokenBounds:
         """at_least() of many texts: the byte bound, or the character-weight bound where it is tighter."""
         import numpy as np
 
-        fewest = self.normalizer.fewest_bytes(_utf8_lengths(texts))
-        if self.longest_piece is None or fewest is None:
+        from stages import kernels
+
+        if self.longest_piece is None or not self.normalizer.known:
             return [0] * len(texts)
-        lows = np.ceil(fewest / self.longest_piece)
+        table = np.zeros(0) if self.weights is None else self.weights.table
+        byte_level = self.weights is not None and self.weights.byte_level
+        lengths, weights = kernels.utf8_lengths_and_weights(*code_points(texts), table, byte_level)
+        lows = np.ceil(self.normalizer.fewest_bytes(lengths) / self.longest_piece)
         if self.weights is not None:
-            lows = np.maximum(lows, self.weights.at_least_many(texts))
+            lows = np.maximum(lows, self.weights.at_least_many(texts, weights))
         return lows.astype(np.int64).tolist()
 
     def at_most(self, text: str, segments: int = 1) -> int | None:
@@ -193,41 +196,15 @@ class CharWeights:
             table[ord(pattern)] = sum(table[ord(c)] for c in content)
         return cls(table, byte_level, "NFC" in kinds)
 
-    def at_least_many(self, texts: list[str]) -> Any:
-        """The bound for each text (an array); 0 for a text NFC would change, where it does not hold."""
+    def at_least_many(self, texts: list[str], weights: Any) -> Any:
+        """The bound for each text (an array), from what its units weigh (kernels.utf8_lengths_and_weights
+        with this table); 0 for a text NFC would change, where it does not hold."""
         import numpy as np
 
-        if self.byte_level:
-            encoded = [text.encode("utf-8", "surrogatepass") for text in texts]
-            units = np.frombuffer(b"".join(encoded), dtype=np.uint8)
-            lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=len(texts))
-        else:
-            units = np.frombuffer("".join(texts).encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
-            lengths = np.fromiter(map(len, texts), dtype=np.int64, count=len(texts))
-        lows = np.ceil(segment_sums(self.table[units], lengths) - 1e-6)  # rounding in the sums is far less
+        lows = np.ceil(weights - 1e-6)  # rounding in the sums is far less
         if self.nfc:
             lows[[not unicodedata.is_normalized("NFC", text) for text in texts]] = 0
         return lows
-
-
-def _utf8_lengths(texts: list[str]) -> Any:
-    """The UTF-8 length of each text (an array; a lone surrogate counts 3, as surrogatepass writes it)."""
-    import numpy as np
-
-    codes = np.frombuffer("".join(texts).encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
-    return segment_sums(_utf8_sizes()[codes], np.fromiter(map(len, texts), dtype=np.int64, count=len(texts)))
-
-
-@functools.cache
-def _utf8_sizes() -> Any:
-    """UTF-8 bytes per code point (a surrogate, written with surrogatepass: 3)."""
-    import numpy as np
-
-    sizes = np.full(0x110000, 4, dtype=np.int64)
-    sizes[:0x10000] = 3
-    sizes[:0x800] = 2
-    sizes[:0x80] = 1
-    return sizes
 
 
 def _pre_tokenizers(pre_tokenizer: dict[str, Any] | None, kind: str) -> list[str]:

@@ -241,6 +241,26 @@ TEXTS = st.lists(
 ).map("".join)
 
 
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.text(alphabet=st.sampled_from("a光é\ud800\U0001d518 ") | st.characters(), max_size=30), max_size=6))
+def test_compiled_utf8_lengths_and_unit_weights_match_the_encoded_text(texts: list[str]) -> None:
+    """The bounds' inputs, per text: its UTF-8 length, and the weights of its code points or (byte-level)
+    of its UTF-8 bytes, a lone surrogate written as surrogatepass writes it."""
+    from stages import kernels
+
+    rng = np.random.default_rng(0)
+    chars, bytes_ = rng.random(0x110000), rng.random(256)
+    encoded = [text.encode("utf-8", "surrogatepass") for text in texts]
+    lengths, weights = kernels.utf8_lengths_and_weights(*filters.code_points(texts), chars, False)
+    assert lengths.tolist() == [len(e) for e in encoded]
+    assert np.allclose(weights, [sum(chars[ord(c)] for c in text) for text in texts])
+    lengths, weights = kernels.utf8_lengths_and_weights(*filters.code_points(texts), bytes_, True)
+    assert np.allclose(weights, [sum(bytes_[b] for b in e) for e in encoded])
+    assert kernels.utf8_lengths_and_weights(*filters.code_points(texts), np.zeros(0), False)[1].tolist() == [0] * len(
+        texts
+    )
+
+
 @pytest.mark.parametrize("kind", KINDS)
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(user=TEXTS, answer=TEXTS, slack=st.integers(-3, 3))
