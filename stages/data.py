@@ -137,22 +137,18 @@ def read_raw_rows(path: str | Path) -> Iterator[RawRow]:
 
 def _line_blocks(path: Path, rows: int) -> Iterator[LineBlock]:
     """Blocks of `rows` lines, read READ_BYTES at a time; a UTF-8 BOM at the start is dropped. A block is
-    cut where its last line ends (found with bytes.find: no object per line here)."""
+    cut where its last line ends: the newlines of a whole buffer are found at once (numpy), so there is
+    no object per line here."""
+    import numpy as np
+
     with open(path, "rb") as f:
         line_no, buffer = 1, f.read(max(READ_BYTES, len(BOM))).removeprefix(BOM)
         while True:
+            newlines = np.flatnonzero(np.frombuffer(buffer, dtype=np.uint8) == ord("\n"))
             start = 0
-            while True:  # whole blocks of the buffer
-                end = start
-                for _ in range(rows):
-                    end = buffer.find(b"\n", end) + 1
-                    if not end:
-                        break
-                else:
-                    yield LineBlock(line_no, buffer[start : end - 1])
-                    line_no, start = line_no + rows, end
-                    continue
-                break
+            for end in newlines[rows - 1 :: rows].tolist():  # where each whole block's last line ends
+                yield LineBlock(line_no, buffer[start:end])
+                line_no, start = line_no + rows, end + 1
             more = f.read(READ_BYTES)
             if not more:
                 if buffer[start:].strip():

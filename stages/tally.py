@@ -169,7 +169,8 @@ class Tally:
         self.counted += len(counted)
         for tokens, rows in Counter(counted).items():
             self.lengths[tokens] += rows * source.length_every  # ... stands for that many
-        rejected = Counter(reason for reason in verdicts.reasons if reason is not None)
+        rejected = Counter(verdicts.reasons)
+        del rejected[None]  # the kept rows
         if rejected:
             self.rejected.update(rejected)
             self.rejected_per_source.setdefault(source.name, Counter()).update(rejected)
