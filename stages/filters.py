@@ -136,10 +136,10 @@ def refusal(sample: Sample, rules: Rules) -> str | None:
         if message["role"] == "assistant":
             text = message["content"]
             lowered = text.lower()
-            # `in` first: several times faster than the regex, which then finds where the first one starts
-            if any(pattern in lowered for pattern in rules.refusals) and (match := rules.refusal_regex.search(lowered)):
-                said = text[match.start() : match.end()] if len(lowered) == len(text) else match.group(0)
-                return f"assistant turn contains {said!r}"
+            for pattern in rules.refusals:  # `in` is faster than the regex, which then says where it starts
+                if pattern in lowered and (match := rules.refusal_regex.search(lowered)):
+                    said = text[match.start() : match.end()] if len(lowered) == len(text) else match.group(0)
+                    return f"assistant turn contains {said!r}"
     return None
 
 
