@@ -92,13 +92,11 @@ def shingle_hashes(codes, starts, size):
         offsets[t] = total
         total += max(starts[t + 1] - starts[t] - size + 1, 1)
     offsets[count] = total
-    powers = np.empty(size, dtype=np.uint64)
-    power = np.uint64(1)
-    for k in range(size - 1, -1, -1):
-        powers[k] = power
-        power = np.uint64(power * np.uint64(1_000_003))
+    top = np.uint64(1)  # 1000003 ** (size - 1): the weight of a run's first code point
+    for _ in range(size - 1):
+        top = np.uint64(top * np.uint64(1_000_003))
     padded = np.zeros(size, dtype=np.uint32)
-    sums = np.zeros(total, dtype=np.uint64)
+    sums = np.empty(total, dtype=np.uint64)
     hashes = np.empty(total, dtype=np.uint32)
     for t in range(count):
         text = codes[starts[t] : starts[t + 1]]
@@ -107,17 +105,23 @@ def shingle_hashes(codes, starts, size):
             padded[: len(text)] = text
             text = padded
         first, runs = offsets[t], offsets[t + 1] - offsets[t]
-        for k in range(size):  # term by term, so that the loop over runs vectorises
-            for s in range(runs):
-                sums[first + s] += np.uint64(text[s + k]) * powers[k]
-        for s in range(first, first + runs):
-            x = sums[s]
-            x ^= x >> np.uint64(33)
-            x = x * np.uint64(0xFF51AFD7ED558CCD)
-            x ^= x >> np.uint64(33)
-            x = x * np.uint64(0xC4CEB9FE1A85EC53)
-            x ^= x >> np.uint64(33)
-            hashes[s] = np.uint32(x >> np.uint64(32))
+        value = np.uint64(0)
+        for k in range(size):
+            value = np.uint64(value * np.uint64(1_000_003) + np.uint64(text[k]))
+        sums[first] = value
+        for s in range(1, runs):  # rolled along: the first code point out, the next one in
+            value = np.uint64(
+                (value - np.uint64(text[s - 1]) * top) * np.uint64(1_000_003) + np.uint64(text[s + size - 1])
+            )
+            sums[first + s] = value
+    for s in range(total):  # the finaliser, over every hash at once: vectorises
+        x = sums[s]
+        x ^= x >> np.uint64(33)
+        x = x * np.uint64(0xFF51AFD7ED558CCD)
+        x ^= x >> np.uint64(33)
+        x = x * np.uint64(0xC4CEB9FE1A85EC53)
+        x ^= x >> np.uint64(33)
+        hashes[s] = np.uint32(x >> np.uint64(32))
     return hashes, offsets
 
 
