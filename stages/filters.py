@@ -214,10 +214,9 @@ def normalise_texts(texts: list[str]) -> list[str]:
     Python's NFKC costs ~100 ns a character once a text has anything to change, and Chinese text nearly
     always has (full-width punctuation). So the texts go through one compiled loop together instead
     (stages/kernels.py): a table takes each character to its NFKC, case-folded, and runs of whitespace
-    are collapsed. That is
-    exact for text made of "plain" characters, each of which becomes one character that is in NFKC on
-    its own and cannot combine with a neighbour (quick check Yes, combining class 0): replacing
-    characters by their own NFKC leaves a text's NFKD, so its NFKC, unchanged. A text with any other
+    are collapsed. That is exact for text made of "plain" characters, each of which becomes one
+    character that is in NFKC on its own and cannot combine with a neighbour (quick check Yes, combining
+    class 0): replacing characters by their own NFKC leaves a text's NFKD, so its NFKC, unchanged. A text with any other
     character (combining marks, Hangul jamo, ligatures, ß, astral letters ...) takes unicodedata's way."""
     from stages import kernels
 
