@@ -213,16 +213,16 @@ def normalise_texts(texts: list[str]) -> list[str]:
 
     Python's NFKC costs ~100 ns a character once a text has anything to change, and Chinese text nearly
     always has (full-width punctuation). So the texts go through one compiled loop together instead
-    (stages/kernels.py): a table takes each character to its NFKC, case-folded, and runs of whitespace
-    are collapsed. That is exact for text made of "plain" characters, each of which becomes one
-    character that is in NFKC on its own and cannot combine with a neighbour (quick check Yes, combining
-    class 0): replacing characters by their own NFKC leaves a text's NFKD, so its NFKC, unchanged. A text with any other
-    character (combining marks, Hangul jamo, ligatures, ß, astral letters ...) takes unicodedata's way."""
+    (stages/kernels.py): a table takes each character to its NFKC, case-folded (one character, or several:
+    "…" is "...", "℃" is "°c"), and runs of whitespace are collapsed. That is exact for text whose
+    characters each become "settled" ones: in NFKC on their own, and unable to combine with a neighbour
+    (combining class 0, not a mark). Replacing characters by their own NFKC leaves a text's NFKD, so its
+    NFKC, unchanged; and a string of settled characters is its own NFKC. A text with any other character
+    (combining marks, Hangul jamo, astral letters ...) takes unicodedata's way."""
     from stages import kernels
 
-    folded, plain, space = _character_tables()
     codes, starts = code_points(texts)
-    out, out_starts, unplain = kernels.normalise(codes, starts, folded, plain, space)
+    out, out_starts, unplain = kernels.normalise(codes, starts, *_character_tables())
     joined = out.tobytes().decode("utf-32-le", "surrogatepass")
     bounds = out_starts.tolist()
     return [
@@ -242,20 +242,34 @@ def code_points(texts: list[str]) -> tuple[Any, Any]:
 
 
 @functools.cache
-def _character_tables() -> tuple[Any, Any, Any]:
-    """Per code point: its NFKC case-folded (for plain characters), whether it is plain (see
-    normalise_texts; the BMP only), whether its NFKC is whitespace."""
+def _character_tables() -> tuple[Any, Any, Any, Any, Any]:
+    """kernels.normalise's tables, over the BMP: per code point `folded` and its kind (0: not done by the
+    tables, see normalise_texts; 1: it becomes the one character `folded[code]`; 2: several characters,
+    expansion number `folded[code]`), and whether it is whitespace; then the expansions, end to end, and
+    where each starts (one more entry than expansions). An expansion's characters are each of kind 1 and
+    their own `folded`."""
     import numpy as np
 
     folded = np.arange(0x110000, dtype=np.uint32)
-    plain = np.zeros(0x110000, dtype=bool)
+    kinds = np.zeros(0x110000, dtype=np.uint8)
     space = np.zeros(0x110000, dtype=bool)
+    several = []
     for code in [*range(0xD800), *range(0xE000, 0x10000)]:
         single = unicodedata.normalize("NFKC", chr(code))
         fold = single.casefold()
-        if len(single) == 1 and len(fold) == 1 and _settled(single) and _settled(fold):
-            folded[code], plain[code], space[code] = ord(fold), True, single.isspace()
-    return folded, plain, space
+        if not all(map(_settled, single + fold)):
+            continue
+        if len(single) == 1 and len(fold) == 1:
+            folded[code], kinds[code], space[code] = ord(fold), 1, single.isspace()
+        elif single.split() and [word.casefold() for word in single.split()] == fold.split():
+            several.append((code, fold))
+    expansions, starts = [], [0]
+    for code, fold in several:
+        if all(kinds[ord(char)] == 1 and folded[ord(char)] == ord(char) for char in fold):
+            folded[code], kinds[code] = len(starts) - 1, 2
+            expansions += map(ord, fold)
+            starts.append(len(expansions))
+    return folded, kinds, space, np.array(expansions, dtype=np.uint32), np.array(starts, dtype=np.int64)
 
 
 def _settled(char: str) -> bool:

@@ -19,12 +19,21 @@ _UINT32 = np.uint32(0xFFFFFFFF)
 U32, I64, BOOL = (dtype[::1] for dtype in (types.uint32, types.int64, types.boolean))
 
 
-@njit(types.Tuple((U32, I64, BOOL))(U32, I64, U32, BOOL, BOOL), cache=True, nogil=True)
-def normalise(codes, starts, folded, plain, space):
-    """Each text's characters through the `folded` table, runs of `space` characters as one U+0020 and
-    none at either end: (the normalised codes, their starts, whether a text has a non-`plain` character)."""
+@njit(cache=True, nogil=True)
+def _grown(out, written, more):
+    grown = np.empty(2 * len(out) + more, dtype=np.uint32)
+    grown[:written] = out[:written]
+    return grown
+
+
+@njit(types.Tuple((U32, I64, BOOL))(U32, I64, U32, types.uint8[::1], BOOL, U32, I64), cache=True, nogil=True)
+def normalise(codes, starts, folded, kinds, space, expansions, expansion_starts):
+    """Each text's characters through the tables: kind 1, the one character `folded[code]`; kind 2, the
+    characters of expansion number `folded[code]` (`expansions`, from `expansion_starts[e]` to the next
+    start); runs of `space` characters become one U+0020, none at either end. Returns (the normalised
+    codes, their starts, whether a text has a character of kind 0, which the tables cannot do)."""
     count = len(starts) - 1
-    out = np.empty(len(codes), dtype=np.uint32)
+    out = np.empty(len(codes) + 64, dtype=np.uint32)
     out_starts = np.empty(count + 1, dtype=np.int64)
     unplain = np.zeros(count, dtype=np.bool_)
     written = 0
@@ -33,7 +42,23 @@ def normalise(codes, starts, folded, plain, space):
         after_blank = True  # leading blanks go
         for i in range(starts[t], starts[t + 1]):
             code = codes[i]
-            if space[code]:
+            kind = kinds[code]
+            if kind == 2:
+                e = folded[code]
+                if written + expansion_starts[e + 1] - expansion_starts[e] + len(codes) - i > len(out):
+                    out = _grown(out, written, expansion_starts[e + 1] - expansion_starts[e])
+                for j in range(expansion_starts[e], expansion_starts[e + 1]):
+                    char = expansions[j]
+                    if space[char]:
+                        if not after_blank:
+                            out[written] = 32
+                            written += 1
+                        after_blank = True
+                    else:
+                        out[written] = char
+                        written += 1
+                        after_blank = False
+            elif space[code]:
                 if not after_blank:
                     out[written] = 32
                     written += 1
@@ -42,7 +67,7 @@ def normalise(codes, starts, folded, plain, space):
                 out[written] = folded[code]
                 written += 1
                 after_blank = False
-                if not plain[code]:
+                if kind == 0:
                     unplain[t] = True
         if written > out_starts[t] and after_blank:  # a trailing blank
             written -= 1
