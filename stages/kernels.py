@@ -21,6 +21,7 @@ U32, I64, BOOL = (dtype[::1] for dtype in (types.uint32, types.int64, types.bool
 
 @njit(cache=True, nogil=True)
 def _grown(out, written, more):
+    """`out` with its first `written` codes, in an array with room for `more` codes beyond twice its size."""
     grown = np.empty(2 * len(out) + more, dtype=np.uint32)
     grown[:written] = out[:written]
     return grown
@@ -45,6 +46,7 @@ def normalise(codes, starts, folded, kinds, space, expansions, expansion_starts)
             kind = kinds[code]
             if kind == 2:
                 e = folded[code]
+                # room for this expansion and one code a character after it (expansions can outrun the input)
                 if written + expansion_starts[e + 1] - expansion_starts[e] + len(codes) - i > len(out):
                     out = _grown(out, written, expansion_starts[e + 1] - expansion_starts[e])
                 for j in range(expansion_starts[e], expansion_starts[e + 1]):

@@ -213,6 +213,7 @@ def judge_sources(
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
+            gc.unfreeze()
 
 
 def expected_rows(source: Source, head: list[RawRow]) -> int:
