@@ -27,6 +27,19 @@ def _grown(out, written, more):
     return grown
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _put(out, written, after_blank, char, blank):
+    """One character of normalised text: a blank is written only after a non-blank (a run of blanks becomes
+    one U+0020; the caller drops a trailing one). Returns (written, after_blank)."""
+    if not blank:
+        out[written] = char
+        return written + 1, False
+    if not after_blank:
+        out[written] = 32
+        return written + 1, True
+    return written, True
+
+
 @njit(types.Tuple((U32, I64, BOOL))(U32, I64, U32, types.uint8[::1], BOOL, U32, I64), cache=True, nogil=True)
 def normalise(codes, starts, folded, kinds, space, expansions, expansion_starts):
     """Each text's characters through the tables: kind 1, the one character `folded[code]`; kind 2, the
@@ -50,25 +63,9 @@ def normalise(codes, starts, folded, kinds, space, expansions, expansion_starts)
                 if written + expansion_starts[e + 1] - expansion_starts[e] + len(codes) - i > len(out):
                     out = _grown(out, written, expansion_starts[e + 1] - expansion_starts[e])
                 for j in range(expansion_starts[e], expansion_starts[e + 1]):
-                    char = expansions[j]
-                    if space[char]:
-                        if not after_blank:
-                            out[written] = 32
-                            written += 1
-                        after_blank = True
-                    else:
-                        out[written] = char
-                        written += 1
-                        after_blank = False
-            elif space[code]:
-                if not after_blank:
-                    out[written] = 32
-                    written += 1
-                after_blank = True
+                    written, after_blank = _put(out, written, after_blank, expansions[j], space[expansions[j]])
             else:
-                out[written] = folded[code]
-                written += 1
-                after_blank = False
+                written, after_blank = _put(out, written, after_blank, folded[code], space[code])
                 if kind == 0:
                     unplain[t] = True
         if written > out_starts[t] and after_blank:  # a trailing blank
