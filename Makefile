@@ -1,7 +1,7 @@
-# Two entry points: `make run` (install, then the whole pipeline on the embedded default) and
-# `make test` (install, then lint and the full test suite). Everything goes into a project virtual
-# environment, .venv/ — `source .venv/bin/activate` before running dvc yourself: the stages' commands
-# call `python`, which must be the venv's.
+# Entry points: `make run` (install, then the whole pipeline on the embedded default), `make test` (install
+# what the tests need, then lint and the fast tier), `make test-all` (everything; what CI runs). Everything
+# goes into a project virtual environment, .venv/ — `source .venv/bin/activate` before running dvc yourself:
+# the stages' commands call `python`, which must be the venv's.
 
 PYTHON ?= python3
 VENV := .venv
@@ -10,20 +10,30 @@ LLAMA_CPP_VERSION := 0.3.36
 SDIST_DIR := $(VENV)/sdist
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
+PYTEST_ARGS ?=
 
-.PHONY: run test install install-test lint report clean-venv
+.PHONY: run test test-all install install-test services lint report clean-venv
 
 export PATH := $(abspath $(BIN)):$(PATH)
 
 run: $(STAMP)
 	dvc repro
 
-test: $(STAMP) $(TEST_STAMP) lint
-	python -m pytest
+# The fast tier: unit tests and one reduced pipeline run (tests marked `pipeline` are left to test-all).
+test: $(STAMP) $(TEST_STAMP) services lint
+	python -m pytest -m "not pipeline" $(PYTEST_ARGS)
+
+# Everything, with the slowest tests listed at the end: what .ci/run calls.
+test-all: $(STAMP) $(TEST_STAMP) services lint
+	python -m pytest --durations=25 $(PYTEST_ARGS)
 
 lint: $(TEST_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+# System packages the tests start as real servers (sshd, Chromium); installs only what is missing.
+services:
+	bash .ci/services.sh
 
 install: $(STAMP)
 install-test: $(TEST_STAMP)
@@ -37,13 +47,15 @@ $(VENV)/bin/python:
 
 # torch first and alone, so that no other requirement can pull a (multi-GB) CUDA build on a CPU box.
 # The llama-cpp-python sdist is downloaded once: pip builds the runtime from it, and
-# stages/llama_cpp.py extracts llama.cpp's own GGUF converter from the same file.
-$(STAMP): requirements.txt $(VENV)/bin/python
+# ta/export/llama_cpp.py extracts llama.cpp's own GGUF converter from the same file.
+# The project itself (ta, stages, serve) is installed in editable mode, without dependencies.
+$(STAMP): requirements.txt pyproject.toml $(VENV)/bin/python
 	$(BIN)/pip install -q torch==2.13.0
 	@test -f $(SDIST_DIR)/llama_cpp_python-$(LLAMA_CPP_VERSION).tar.gz || \
 	  $(BIN)/pip download -q --no-deps --no-binary :all: -d $(SDIST_DIR) llama-cpp-python==$(LLAMA_CPP_VERSION)
 	$(BIN)/pip install -q -r requirements.txt --find-links $(SDIST_DIR)
-	$(BIN)/python -m stages.llama_cpp --sdist $(SDIST_DIR)/llama_cpp_python-$(LLAMA_CPP_VERSION).tar.gz
+	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
+	$(BIN)/python -m ta.export.llama_cpp --sdist $(SDIST_DIR)/llama_cpp_python-$(LLAMA_CPP_VERSION).tar.gz
 	# DeepSpeed compiles its CPU shared-memory collective on first use (~1 min); build it once here
 	$(BIN)/python -c "from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder as B; B().load()"
 	touch $@
@@ -53,7 +65,7 @@ $(TEST_STAMP): requirements-test.txt $(STAMP)
 	touch $@
 
 report: $(TEST_STAMP)
-	$(BIN)/python -m stages.report
+	$(BIN)/python -m tools.pr_report
 
 clean-venv:
 	rm -rf $(VENV)

@@ -25,8 +25,9 @@ from pathlib import Path
 
 import requests
 
-from serve.vllm import ServeError, api_key_from_env
-from stages.params import ParamsError, Serve, load_params
+from serve.vllm import api_key_from_env
+from ta.config import Serve, load_params
+from ta.errors import ServeError, report
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=None, help="default: serve.port from params.yaml")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
+
+    def body() -> None:
         params = load_params().serve
         gguf_path = args.gguf or Path(params.gguf)
         if importlib.util.find_spec("llama_cpp") is None:
@@ -107,18 +109,11 @@ def main(argv: list[str] | None = None) -> int:
         gguf_chat_template(gguf_path)
         command = server_command(params, gguf_path, args.port)
         env = server_env(api_key_from_env(params))
-    except (ServeError, ParamsError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    log.info(
-        "serving %s as %r at http://%s:%s/v1",
-        gguf_path,
-        params.lora_name,
-        params.host,
-        args.port or params.port,
-    )
-    os.execve(sys.executable, command, env)  # the server takes this process over: Ctrl-C reaches it directly
-    return 0  # not reached
+        port = args.port or params.port
+        log.info("serving %s as %r at http://%s:%s/v1", gguf_path, params.lora_name, params.host, port)
+        os.execve(sys.executable, command, env)  # the server takes this process over: Ctrl-C reaches it directly
+
+    return report("llama_server", body)
 
 
 if __name__ == "__main__":

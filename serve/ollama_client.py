@@ -15,10 +15,6 @@ import json
 import os
 import sys
 from collections.abc import Callable
-from pathlib import Path
-
-if __package__ in (None, ""):  # run as `python serve/ollama_client.py`: make the repo's packages importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import requests
 
@@ -32,9 +28,9 @@ from serve.vllm_client import (
     post,
     print_piece,
     print_reply,
-    project_params,
 )
-from stages.params import ParamsError
+from ta.config import load_project_params
+from ta.errors import ParamsError
 
 
 def ollama_chat(
@@ -85,7 +81,7 @@ def ollama_chat(
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        params = project_params()
+        params = load_project_params()
     except ParamsError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -21,20 +21,17 @@ import subprocess
 import sys
 from pathlib import Path
 
-from stages.params import ParamsError, Serve, load_params
+from ta import paths
+from ta.config import Serve, load_params
+from ta.errors import ServeError, report
 
 log = logging.getLogger(__name__)
 
-BASE_JSON = Path("models/base/base.json")
 # vLLM accepts only these --max-lora-rank values (vllm/config/lora.py, MaxLoRARanks).
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 VLLM_DTYPES = ("auto", "half", "float16", "bfloat16", "float", "float32")
 INSTALL_HINT = "vLLM is not installed: pip install -r requirements-gpu.txt (Linux + NVIDIA GPU)"
 MASK = "****"
-
-
-class ServeError(ValueError):
-    """A problem with the serving inputs, with the file and field in the message."""
 
 
 def base_model(base_json: Path) -> tuple[str, str | None]:
@@ -70,7 +67,7 @@ def max_lora_rank(rank: int) -> int:
     raise ServeError(f"adapter rank {rank} exceeds vLLM's largest --max-lora-rank {VLLM_LORA_RANKS[-1]}")
 
 
-def vllm_command(params: Serve, base_json: Path = BASE_JSON, api_key: str | None = None) -> list[str]:
+def vllm_command(params: Serve, base_json: Path = paths.BASE_INFO, api_key: str | None = None) -> list[str]:
     """The `vllm serve` argv for the base model with our adapter as the LoRA module `params.lora_name`."""
     if params.dtype not in VLLM_DTYPES:
         raise ServeError(f"params.yaml: serve.dtype: {params.dtype!r} is not one of {', '.join(VLLM_DTYPES)}")
@@ -127,24 +124,23 @@ def _is_loopback(host: str) -> bool:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Render and run the vLLM server for the LoRA adapter.")
     parser.add_argument("--dry-run", action="store_true", help="print the command instead of running it")
-    parser.add_argument("--base-json", type=Path, default=BASE_JSON)
+    parser.add_argument("--base-json", type=Path, default=paths.BASE_INFO)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
+
+    def body() -> int:
         params = load_params().serve
         command = vllm_command(params, args.base_json, api_key_from_env(params))
-    except (ServeError, ParamsError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    if args.dry_run:
-        print(shlex.join(masked(command)))
-        return 0
-    if importlib.util.find_spec("vllm") is None:
-        print(f"error: {INSTALL_HINT}", file=sys.stderr)
-        return 2
-    log.info("running %s", shlex.join(masked(command)))
-    # the `vllm` entry point sits beside this interpreter, whether or not its venv is activated
-    return subprocess.call([str(Path(sys.executable).with_name("vllm")), *command[1:]])
+        if args.dry_run:
+            print(shlex.join(masked(command)))
+            return 0
+        if importlib.util.find_spec("vllm") is None:
+            raise ServeError(INSTALL_HINT)
+        log.info("running %s", shlex.join(masked(command)))
+        # the `vllm` entry point sits beside this interpreter, whether or not its venv is activated
+        return subprocess.call([str(Path(sys.executable).with_name("vllm")), *command[1:]])
+
+    return report("vllm", body)
 
 
 if __name__ == "__main__":

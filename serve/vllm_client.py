@@ -15,21 +15,17 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
-
-if __package__ in (None, ""):  # run as `python serve/vllm_client.py`: make the repo's packages importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import requests
 
-from stages.params import Params, ParamsError, load_params
+from ta.config import Params, load_project_params
+from ta.errors import ParamsError, UserError
 
-REPO_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 START_HINT = "start one with `python -m serve.llama_server` (CPU) or `python -m serve.vllm` (GPU)"
 
 
-class ClientError(RuntimeError):
+class ClientError(UserError):
     """A one-line, user-facing reason why no answer came back."""
 
 
@@ -41,11 +37,6 @@ class ServerDown(ClientError):
 class Reply:
     text: str
     finish_reason: str | None  # "stop": the model ended its turn; "length": cut at max_tokens
-
-
-def project_params() -> Params:
-    """params.yaml of this checkout, or the built-in defaults when the file is not there."""
-    return load_params(REPO_PARAMS) if REPO_PARAMS.is_file() else Params()
 
 
 def messages_for(prompt: str, system: str | None) -> list[dict[str, str]]:
@@ -166,7 +157,7 @@ def print_piece(text: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        params = project_params()
+        params = load_project_params()
     except ParamsError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -3,9 +3,7 @@
 Reads  params `base`, `prepare.seed` and `prepare.eval_fraction`; data/raw/*.jsonl (tiny only)
 Writes models/base/base.json — what later stages load, with the exact revision — and, for `tiny`,
        the model itself: a Qwen2-architecture causal LM with a SentencePiece BPE tokenizer, both
-       trained on the plain question/answer text of the raw rows that prepare puts in the *train*
-       split (the same hash-based split, so no held-out row is ever seen), plus freshly generated drill
-       text. Pretraining teaches the vocabulary and some language; SFT then teaches the chat format.
+       trained on the raw rows that prepare puts in the *train* split (ta/train/tiny.py).
 
 For a hub id the snapshot goes to the Hugging Face cache and base.json records the commit sha, so the
 lock file pins the exact weights; for a local path it records a digest of the directory's files.
@@ -14,255 +12,42 @@ lock file pins the exact weights; for a local path it records a digest of the di
 from __future__ import annotations
 
 import argparse
-import hashlib
-import io
 import json
 import logging
-import random
 import sys
-import tempfile
 from pathlib import Path
 
-from stages import chat, drill
-from stages.params import Base, ParamsError, TinyModel, load_params
+from ta import paths
+from ta.config import load_params
+from ta.errors import report
 
 log = logging.getLogger("base")
-
-RAW_DIR = Path("data/raw")
-OUT_DIR = Path("models/base")
-
-
-def raw_texts(raw_dir: Path) -> list[str]:
-    """Every string field of every shipped raw row, in file order."""
-    texts = []
-    for path in sorted(raw_dir.glob("*.jsonl")):
-        for line in path.read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                texts.extend(v for v in json.loads(line).values() if isinstance(v, str))
-    return texts
-
-
-def train_split_texts(raw_dir: Path, split_seed: int, eval_fraction: float) -> list[str]:
-    """ "question\nanswer" (or instruction + chosen answer) of each raw row prepare will keep out of eval."""
-    from stages.data import Sample
-    from stages.filters import content_text, is_eval, row_id
-
-    texts = []
-    for path in sorted(raw_dir.glob("*.jsonl")):
-        for line in path.read_text(encoding="utf-8").splitlines():
-            row = json.loads(line) if line.strip() else {}
-            if "question" in row:
-                prompt, answer = row["question"], row["answer"]
-                sample = Sample([{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}])
-            elif "instruction" in row:
-                prompt, answer = row["instruction"], row["chosen"]
-                sample = Sample([{"role": "user", "content": prompt}], chosen=answer, rejected=row["rejected"])
-            else:
-                continue
-            if not is_eval(split_seed, row_id(content_text(sample)), eval_fraction):
-                texts.append(f"{prompt}\n{answer}")
-    return texts
-
-
-def train_tokenizer(texts: list[str], out_dir: Path, vocab_size: int, seed: int) -> None:
-    """Train a SentencePiece BPE model and save it as an HF tokenizer with the ChatML special tokens.
-
-    SentencePiece, not a byte-level BPE: llama.cpp's converter identifies BPE tokenizers by hashing
-    their output and refuses unknown ones, while it reads a SentencePiece `tokenizer.model` directly.
-    llama.cpp's SPM tokenizer puts a "▁" before the text at the start and after every special token;
-    the HF tokenizer is built to do the same (Prepend per segment), so both give the same ids.
-    """
-    import sentencepiece as spm
-
-    spm.set_random_generator_seed(seed)
-    model_proto = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(texts),
-        model_writer=model_proto,
-        model_type="bpe",
-        vocab_size=vocab_size,
-        character_coverage=0.995,  # the rarest characters fall back to bytes
-        byte_fallback=True,
-        split_digits=True,
-        normalization_rule_name="identity",
-        remove_extra_whitespaces=False,
-        add_dummy_prefix=True,
-        unk_id=0,
-        bos_id=-1,
-        eos_id=-1,
-        pad_id=-1,
-        control_symbols=chat.SPECIAL_TOKENS,
-        num_threads=1,
-        minloglevel=2,
-    )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "tokenizer.model").write_bytes(model_proto.getvalue())
-    tokenizer = hf_tokenizer(out_dir / "tokenizer.model")
-    tokenizer.save_pretrained(str(out_dir))
-    # transformers 5 no longer writes these two, but llama.cpp's converter reads them: without them the
-    # GGUF would get a BOS token added (the SPM default) and the ChatML tokens as plain text.
-    config_file = out_dir / "tokenizer_config.json"
-    config = json.loads(config_file.read_text(encoding="utf-8"))
-    config["add_bos_token"] = False
-    config["tokenizer_class"] = "PreTrainedTokenizerFast"
-    config["added_tokens_decoder"] = {
-        str(tokenizer.convert_tokens_to_ids(t)): {
-            "content": t,
-            "special": True,
-            "normalized": False,
-            "lstrip": False,
-            "rstrip": False,
-            "single_word": False,
-        }
-        for t in chat.SPECIAL_TOKENS
-    }
-    config_file.write_text(json.dumps(config, indent=2, ensure_ascii=False, sort_keys=True) + "\n", encoding="utf-8")
-
-
-def hf_tokenizer(sp_model_file: Path):
-    """An HF fast tokenizer over the SentencePiece BPE vocabulary, matching llama.cpp's SPM tokenizer."""
-    import sentencepiece as spm
-    from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers
-    from transformers import PreTrainedTokenizerFast
-    from transformers.tokenization_utils_base import generate_merges
-
-    sp = spm.SentencePieceProcessor(model_file=str(sp_model_file))
-    vocab = {sp.id_to_piece(i): i for i in range(sp.get_piece_size())}
-    merges = generate_merges(vocab, skip_tokens=chat.SPECIAL_TOKENS)
-    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>", byte_fallback=True, fuse_unk=True))
-    tokenizer.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
-    tokenizer.decoder = decoders.Sequence(
-        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
-    )
-    tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in chat.SPECIAL_TOKENS])
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer,
-        unk_token="<unk>",
-        eos_token=chat.IM_END,
-        pad_token=chat.END_OF_TEXT,
-        chat_template=chat.CHATML_TEMPLATE,
-        model_max_length=1024,
-        add_bos_token=False,
-        clean_up_tokenization_spaces=False,
-    )
-
-
-def pretrain_texts(n_rows: int, seed: int, exclude: set[str]) -> list[str]:
-    """Drill text from a different seed than data/raw, without any question that data/raw holds."""
-    rows = drill.sft_rows(n_rows + len(exclude), random.Random(seed))
-    return [f"{r['question']}\n{r['answer']}" for r in rows if r["question"] not in exclude][:n_rows]
-
-
-def build_tiny(cfg: TinyModel, seed: int, raw_dir: Path, out_dir: Path, split: tuple[int, float]) -> None:
-    import torch
-    from transformers import (
-        DataCollatorForLanguageModeling,
-        GenerationConfig,
-        Qwen2Config,
-        Qwen2ForCausalLM,
-        Trainer,
-        TrainingArguments,
-        set_seed,
-    )
-
-    for name in ("hidden_size", "intermediate_size"):
-        if getattr(cfg, name) % 256:
-            raise ParamsError(f"params.yaml: base.tiny.{name}: must be a multiple of 256 (llama.cpp Q4_K blocks)")
-    texts = train_split_texts(raw_dir, *split)
-    drill_rows = cfg.pretrain_steps * cfg.pretrain_batch_size * cfg.pretrain_seq_len // 240  # a quarter drill
-    corpus = texts + pretrain_texts(drill_rows, seed, exclude=set(raw_texts(raw_dir)))
-    random.Random(seed).shuffle(corpus)
-    train_tokenizer(corpus, out_dir, cfg.vocab_size, seed)
-    tokenizer = hf_tokenizer(out_dir / "tokenizer.model")
-
-    set_seed(seed)
-    config = Qwen2Config(
-        vocab_size=len(tokenizer),
-        hidden_size=cfg.hidden_size,
-        intermediate_size=cfg.intermediate_size,
-        num_hidden_layers=cfg.num_hidden_layers,
-        num_attention_heads=cfg.num_attention_heads,
-        num_key_value_heads=cfg.num_key_value_heads,
-        max_position_embeddings=cfg.max_position_embeddings,
-        tie_word_embeddings=False,
-        bos_token_id=None,
-        eos_token_id=tokenizer.convert_tokens_to_ids(chat.IM_END),
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    model = Qwen2ForCausalLM(config)
-
-    # Pack the corpus into fixed blocks ending each document with <|endoftext|>, as in pretraining.
-    eot = tokenizer.convert_tokens_to_ids(chat.END_OF_TEXT)
-    ids = [i for text in corpus for i in tokenizer(text, add_special_tokens=False)["input_ids"] + [eot]]
-    block = cfg.pretrain_seq_len
-    blocks = [{"input_ids": ids[i : i + block]} for i in range(0, len(ids) - block + 1, block)]
-    log.info("pretraining on %d blocks of %d tokens for %d steps", len(blocks), block, cfg.pretrain_steps)
-    with tempfile.TemporaryDirectory() as tmp:
-        args = TrainingArguments(
-            output_dir=tmp,
-            max_steps=cfg.pretrain_steps,
-            per_device_train_batch_size=cfg.pretrain_batch_size,
-            learning_rate=cfg.pretrain_lr,
-            lr_scheduler_type="cosine",
-            warmup_steps=max(1, cfg.pretrain_steps // 20),
-            logging_steps=max(1, cfg.pretrain_steps // 10),
-            save_strategy="no",
-            report_to="none",
-            seed=seed,
-            data_seed=seed,
-            use_cpu=not torch.cuda.is_available(),
-            disable_tqdm=False,
-        )
-        collator = DataCollatorForLanguageModeling(tokenizer, mlm=False)
-        Trainer(model=model, args=args, train_dataset=blocks, data_collator=collator).train()
-    model.generation_config = GenerationConfig(
-        eos_token_id=[tokenizer.convert_tokens_to_ids(chat.IM_END), eot], pad_token_id=tokenizer.pad_token_id
-    )
-    model.save_pretrained(str(out_dir), safe_serialization=True)
-
-
-def resolve_hub(params: Base) -> dict[str, object]:
-    """Snapshot a hub model (or fingerprint a local dir) and return what base.json records."""
-    local = Path(params.model).expanduser()
-    if local.is_dir():
-        digest = hashlib.sha256()
-        for file in sorted(p for p in local.rglob("*") if p.is_file()):
-            digest.update(f"{file.relative_to(local)}:{file.stat().st_size}\n".encode())
-        return {
-            "model": str(local.resolve()),
-            "revision": None,
-            "path": str(local.resolve()),
-            "digest": digest.hexdigest(),
-        }
-    from huggingface_hub import HfApi, snapshot_download
-
-    sha = HfApi().model_info(params.model, revision=params.revision).sha
-    path = snapshot_download(params.model, revision=sha, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"])
-    return {"model": params.model, "revision": sha, "path": path}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output", type=Path, default=OUT_DIR, help="output dir (default: models/base)")
+    parser.add_argument("--output", type=Path, default=paths.BASE_DIR, help="output dir (default: models/base)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    try:
-        all_params = load_params()
-        params = all_params.base
+
+    def body() -> None:
+        params = load_params()
         args.output.mkdir(parents=True, exist_ok=True)
-        if params.model == "tiny":
-            split = (all_params.prepare.seed, all_params.prepare.eval_fraction)
-            build_tiny(params.tiny, params.seed, RAW_DIR, args.output, split)
+        if params.base.model == "tiny":
+            from ta.train.tiny import build_tiny
+
+            split = (params.prepare.seed, params.prepare.eval_fraction)
+            build_tiny(params.base.tiny, params.base.seed, paths.RAW_DIR, args.output, split)
             info: dict[str, object] = {"model": "tiny", "revision": None}
         else:
-            info = resolve_hub(params)
-        info["trust_remote_code"] = params.trust_remote_code
+            from ta.base_model import resolve_base
+
+            info = resolve_base(params.base)
+        info["trust_remote_code"] = params.base.trust_remote_code
         (args.output / "base.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    except (ParamsError, FileNotFoundError, ValueError) as err:
-        print(f"base: error: {err}", file=sys.stderr)
-        return 2
-    log.info("base model ready in %s: %s", args.output, info)
-    return 0
+        log.info("base model ready in %s: %s", args.output, info)
+
+    return report("base", body)
 
 
 if __name__ == "__main__":

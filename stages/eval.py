@@ -1,4 +1,4 @@
-"""eval stage: every artifact of the chain measured on the same held-out data.
+"""Stage `eval`: every artifact of the chain measured on the same held-out data.
 
 Reads   models/base, models/sft, models/dpo, models/merged (transformers + PEFT),
         models/gguf/teachingassistant-{f16,q4_k_m}.gguf (llama.cpp),
@@ -10,380 +10,43 @@ Writes  metrics/eval.json          perplexity / task / preference_accuracy / ref
                                    holds each held-out task question with every artifact's answer and score)
         metrics/eval_plots/        per-artifact bars for `dvc plots`
 
-Every runtime scores the SAME token ids: the base tokenizer renders each conversation with its chat
-template and tokenizes it once; transformers and llama.cpp then both get those ids, so perplexities of
-HF and GGUF artifacts are comparable and the q4_k_m/f16 ratio measures quantization alone.
-Metric definitions are in stages/metrics.py, the runtimes in stages/runtimes.py.
+Every runtime scores the same token ids (ta/eval/evaluate.py); metric definitions: ta/eval/metrics.py.
+A failed gate warns, or with `eval.gate_action: fail` ends the stage with exit code 1.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
 import sys
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
-from stages import judge, metrics, models
-from stages.data import DataError, read_jsonl
-from stages.params import Eval, ParamsError, load_params
-from stages.runtimes import (
-    Encoded,
-    EvalError,
-    HFRuntime,
-    LlamaCppRuntime,
-    Runtime,
-    encode_conversation,
-    encode_prompt,
-    scored_logprobs,
-)
+from ta import paths
+from ta.config import load_params
+from ta.errors import report
 
 log = logging.getLogger("eval")
 
-ARTIFACTS = {  # name -> (how it is loaded, path); the order is the order of the report
-    "base": ("base", models.BASE_DIR),  # base.json says where the weights are (models/base for tiny)
-    "sft": ("peft", Path("models/sft")),
-    "dpo": ("peft", Path("models/dpo")),
-    "merged": ("merged", Path("models/merged")),
-    "gguf_f16": ("llama_cpp", Path("models/gguf/teachingassistant-f16.gguf")),
-    "gguf_q4_k_m": ("llama_cpp", Path("models/gguf/teachingassistant-q4_k_m.gguf")),
-}
-SFT_EVAL = Path("data/prepared/sft_eval.jsonl")
-PREF_EVAL = Path("data/prepared/pref_eval.jsonl")
-METRICS_FILE = Path("metrics/eval.json")
-SAMPLES_MD = Path("metrics/samples.md")
-SAMPLES_JSON = Path("metrics/samples.json")
-PLOTS_DIR = Path("metrics/eval_plots")
-END_TOKENS = ("<|im_end|>", "<|endoftext|>")  # ChatML turn end and document end: both stop generation
-
-
-class GateFailed(RuntimeError):
-    """A gate in params `eval` broke and `eval.gate_action` is `fail`."""
-
-
-def load_runtimes(params: Eval, n_ctx: int, pad_id: int) -> Iterator[tuple[str, Runtime]]:
-    """Yield (artifact, runtime) one at a time, in ARTIFACTS order. The base is loaded once: scored bare
-    first, then the sft and dpo adapters are attached to it in turn (PEFT keeps both; `set_adapter`
-    switches), so a 7B base is not loaded three times."""
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
-
-    torch.set_num_threads(params.n_threads)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    base_model, peft_model = None, None
-    for name in [name for name in ARTIFACTS if name in params.artifacts]:
-        kind, path = ARTIFACTS[name]
-        if kind == "peft" and not (path / "adapter_config.json").is_file():
-            kind = "merged"  # sft.method: full — models/sft and models/dpo are whole models
-        if kind == "llama_cpp":
-            runtime = LlamaCppRuntime(path, n_ctx, params.n_threads)
-            yield name, runtime
-            runtime.llm.close()  # now, not in __del__ at interpreter exit (which logs a TypeError)
-            continue
-        if kind == "merged":
-            merged_model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device)
-            yield name, HFRuntime(merged_model, pad_id, params.batch_size)
-            del merged_model
-            continue
-        base_model = base_model or models.load_base_model(models.read_base_ref(), torch.float32).to(device)
-        if kind == "base":
-            yield name, HFRuntime(base_model, pad_id, params.batch_size)
-            continue
-        if peft_model is None:
-            peft_model = PeftModel.from_pretrained(base_model, str(path), adapter_name=name)
-        else:
-            peft_model.load_adapter(str(path), adapter_name=name)
-        peft_model.set_adapter(name)
-        yield name, HFRuntime(peft_model, pad_id, params.batch_size)
-
-
-# ---------------------------------------------------------------------------------------- evaluation
-
-
-@dataclass
-class TaskItem:
-    prompt: list[dict[str, str]]
-    reference: str
-
-
-@dataclass
-class PreferenceItem:
-    chosen: Encoded
-    rejected: Encoded
-
-
-@dataclass
-class HeldOut:
-    conversations: list[Encoded]
-    tasks: list[TaskItem]
-    task_prompt_ids: list[list[int]]
-    preferences: list[PreferenceItem]
-    sample_prompts: list[str]
-    sample_prompt_ids: list[list[int]]
-
-
-@dataclass
-class ArtifactResult:
-    perplexity: float
-    task: dict[str, float | None]
-    preference_sums: list[tuple[float, float]]  # summed log-probs (chosen, rejected) per pair
-    preference_accuracy: float
-    refusal_rate: float
-    task_answers: list[str] = field(default_factory=list)
-    task_scores: list[metrics.TaskScore] = field(default_factory=list)
-    sample_answers: list[str] = field(default_factory=list)
-
-
-def select_task_items(rows: list[dict[str, Any]], n: int) -> list[TaskItem]:
-    """Up to n held-out questions, alternating drill (final answer) and open ones so both are scored."""
-    items = [TaskItem(row["messages"][:-1], row["messages"][-1]["content"]) for row in rows]
-    drill = [item for item in items if metrics.is_drill_reference(item.reference)]
-    open_ = [item for item in items if not metrics.is_drill_reference(item.reference)]
-    chosen = []
-    while len(chosen) < n and (drill or open_):
-        for group in (drill, open_):
-            if group and len(chosen) < n:
-                chosen.append(group.pop(0))
-    return chosen
-
-
-def load_held_out(tokenizer: Any, params: Eval, system_prompt: str) -> HeldOut:
-    sft_rows = read_jsonl(SFT_EVAL)[: params.max_samples]
-    pref_rows = read_jsonl(PREF_EVAL)[: params.max_samples]
-    if not sft_rows or not pref_rows:
-        raise EvalError(f"{SFT_EVAL if not sft_rows else PREF_EVAL}: no held-out rows (prepare.eval_fraction?)")
-    tasks = select_task_items(read_jsonl(SFT_EVAL), params.max_generations)
-    system = [{"role": "system", "content": system_prompt}] if system_prompt else []
-    samples = [system + [{"role": "user", "content": prompt}] for prompt in params.sample_prompts]
-    return HeldOut(
-        conversations=[encode_conversation(tokenizer, row["messages"]) for row in sft_rows],
-        tasks=tasks,
-        task_prompt_ids=[encode_prompt(tokenizer, item.prompt) for item in tasks],
-        preferences=[
-            PreferenceItem(
-                encode_conversation(tokenizer, row["prompt"] + row["chosen"]),
-                encode_conversation(tokenizer, row["prompt"] + row["rejected"]),
-            )
-            for row in pref_rows
-        ],
-        sample_prompts=list(params.sample_prompts),
-        sample_prompt_ids=[encode_prompt(tokenizer, messages) for messages in samples],
-    )
-
-
-def evaluate(
-    runtime: Runtime, held: HeldOut, tokenizer: Any, params: Eval, stop_ids: set[int], refusal_patterns: list[str]
-) -> ArtifactResult:
-    token_logprobs = [lp for logprobs in scored_logprobs(runtime, held.conversations) for lp in logprobs]
-    chosen = scored_logprobs(runtime, [pair.chosen for pair in held.preferences])
-    rejected = scored_logprobs(runtime, [pair.rejected for pair in held.preferences])
-    margins = [metrics.length_normalized_margin(c, r) for c, r in zip(chosen, rejected, strict=True)]
-    sums = [(sum(c), sum(r)) for c, r in zip(chosen, rejected, strict=True)]
-
-    prompts = held.task_prompt_ids + held.sample_prompt_ids  # one generation pass (one batch for HF)
-    generated = runtime.greedy(prompts, params.max_new_tokens, stop_ids) if prompts else []
-    decoded = [tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in generated]
-    task_answers, sample_answers = decoded[: len(held.task_prompt_ids)], decoded[len(held.task_prompt_ids) :]
-    scores = [metrics.task_score(a, item.reference) for a, item in zip(task_answers, held.tasks, strict=True)]
-    return ArtifactResult(
-        perplexity=metrics.perplexity(token_logprobs),
-        task=metrics.task_summary(scores),
-        preference_sums=sums,
-        preference_accuracy=metrics.preference_accuracy(margins),
-        refusal_rate=metrics.refusal_rate(decoded, refusal_patterns) if decoded else 0.0,  # all prompts are benign
-        task_answers=task_answers,
-        task_scores=scores,
-        sample_answers=sample_answers,
-    )
-
-
-def implicit_reward_accuracy(policy: list[tuple[float, float]], reference: list[tuple[float, float]]) -> float:
-    """DPO's implicit reward (vs the sft model as reference) ranks chosen above rejected. beta > 0 only
-    scales the margin, so the accuracy does not depend on it."""
-    margins = [
-        metrics.implicit_reward_margin(pc, rc, pr, rr, beta=1.0)
-        for (pc, pr), (rc, rr) in zip(policy, reference, strict=True)
-    ]
-    return metrics.preference_accuracy(margins)
-
-
-def build_report(results: dict[str, ArtifactResult], sizes: dict[str, int]) -> dict[str, Any]:
-    """The nested metrics/eval.json: section -> artifact -> value, rounded so diffs stay readable."""
-    report: dict[str, Any] = {
-        "perplexity": {name: round(r.perplexity, 4) for name, r in results.items()},
-        "task": {name: _round(r.task["task"]) for name, r in results.items()},
-        "preference_accuracy": {name: round(r.preference_accuracy, 4) for name, r in results.items()},
-        "refusal_rate": {name: round(r.refusal_rate, 4) for name, r in results.items()},
-    }
-    if "dpo" in results and "sft" in results:
-        accuracy = implicit_reward_accuracy(results["dpo"].preference_sums, results["sft"].preference_sums)
-        report["preference_accuracy"]["dpo_implicit_reward"] = round(accuracy, 4)
-    quantization: dict[str, Any] = {}
-    if "gguf_f16" in results and "gguf_q4_k_m" in results:
-        ratio = results["gguf_q4_k_m"].perplexity / results["gguf_f16"].perplexity
-        quantization["q4_k_m_vs_f16_ppl_ratio"] = round(ratio, 4)
-    for name, size in sizes.items():
-        quantization[f"{name.removeprefix('gguf_')}_size_mib"] = round(size / 2**20, 3)
-    if "f16_size_mib" in quantization and "q4_k_m_size_mib" in quantization:
-        quantization["q4_k_m_vs_f16_size_ratio"] = round(sizes["gguf_q4_k_m"] / sizes["gguf_f16"], 4)
-    if quantization:
-        report["quantization"] = quantization
-    return report
-
-
-def _round(value: float | None) -> float | None:
-    return None if value is None else round(value, 4)
-
-
-def plot_rows(results: dict[str, ArtifactResult]) -> dict[str, list[dict[str, Any]]]:
-    """Bar data for `dvc plots`: one row per artifact (task rows carry the two parts of the score)."""
-    return {
-        "perplexity": [{"artifact": n, "perplexity": round(r.perplexity, 4)} for n, r in results.items()],
-        "task": [
-            {
-                "artifact": n,
-                "task": _round(r.task["task"]),
-                "rouge_l": _round(r.task["rouge_l"]),
-                "exact_match": _round(r.task["exact_match"]),
-            }
-            for n, r in results.items()
-        ],
-    }
-
-
-def samples_markdown(prompts: list[str], answers: dict[str, list[str]], max_new_tokens: int) -> str:
-    lines = [
-        "# Generated samples",
-        "",
-        f"Greedy decoding, at most {max_new_tokens} new tokens, the same prompt token ids for every artifact.",
-        "Written by `python -m stages.eval`; prompts are `eval.sample_prompts` in params.yaml.",
-    ]
-    for i, prompt in enumerate(prompts):
-        lines += ["", f"## {i + 1}. {prompt}"]
-        for name, texts in answers.items():
-            quoted = [f"> {line}" if line else ">" for line in texts[i].splitlines()] or ["> *(empty answer)*"]
-            lines += ["", f"**{name}**", "", *quoted]
-    return "\n".join(lines) + "\n"
-
-
-def write_json(path: Path, value: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(value, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-
-
-def check_params(params: Eval) -> None:
-    unknown = [name for name in params.artifacts if name not in ARTIFACTS]
-    if unknown:
-        raise EvalError(f"params.yaml: eval.artifacts: unknown artifact {unknown[0]!r} (known: {', '.join(ARTIFACTS)})")
-    if params.gate_action not in ("warn", "fail"):
-        raise EvalError(f"params.yaml: eval.gate_action: expected warn or fail, got {params.gate_action!r}")
-    for name in params.artifacts:
-        path = ARTIFACTS[name][1]
-        if not path.exists():
-            raise EvalError(f"{path}: missing artifact {name!r}; run `dvc repro` or drop it from eval.artifacts")
-    for path in (SFT_EVAL, PREF_EVAL):
-        if not path.exists():
-            raise EvalError(f"{path}: missing; run `dvc repro prepare` first")
-
-
-def stop_token_ids(tokenizer: Any) -> set[int]:
-    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
-    vocab = tokenizer.get_vocab()
-    return ids | {vocab[token] for token in END_TOKENS if token in vocab}
-
-
-def measure(params: Eval, held: HeldOut, tokenizer: Any, refusal_patterns: list[str]) -> dict[str, ArtifactResult]:
-    """Every artifact in `eval.artifacts` on the same held-out ids, one model in memory at a time."""
-    stop_ids = stop_token_ids(tokenizer)
-    scored = held.conversations + [p.chosen for p in held.preferences] + [p.rejected for p in held.preferences]
-    longest_prompt = max(len(ids) for ids in held.task_prompt_ids + held.sample_prompt_ids + [[]])
-    n_ctx = max(max(len(e.ids) for e in scored), longest_prompt + params.max_new_tokens) + 8
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(stop_ids)
-    results: dict[str, ArtifactResult] = {}
-    for name, runtime in load_runtimes(params, n_ctx, pad_id):
-        started = time.perf_counter()
-        results[name] = result = evaluate(runtime, held, tokenizer, params, stop_ids, refusal_patterns)
-        elapsed = time.perf_counter() - started
-        log.info("%s: perplexity %.3f, task %s (%.1f s)", name, result.perplexity, result.task["task"], elapsed)
-    return results
-
-
-def write_outputs(report: dict[str, Any], results: dict[str, ArtifactResult], held: HeldOut, params: Eval) -> None:
-    write_json(METRICS_FILE, report)
-    for plot, rows in plot_rows(results).items():
-        write_json(PLOTS_DIR / f"{plot}.json", rows)
-    answers = {name: result.sample_answers for name, result in results.items()}
-    samples = [
-        {"prompt": prompt, "answers": {name: texts[i] for name, texts in answers.items()}}
-        for i, prompt in enumerate(held.sample_prompts)
-    ]
-    questions = [
-        {
-            "question": item.prompt[-1]["content"],
-            "reference": item.reference,
-            "answers": {
-                name: {"text": r.task_answers[i], r.task_scores[i].kind: round(r.task_scores[i].value, 4)}
-                for name, r in results.items()
-            },
-        }
-        for i, item in enumerate(held.tasks)
-    ]
-    write_json(SAMPLES_JSON, {"max_new_tokens": params.max_new_tokens, "samples": samples, "task": questions})
-    SAMPLES_MD.write_text(samples_markdown(held.sample_prompts, answers, params.max_new_tokens), encoding="utf-8")
-
-
-def run(params: Eval, system_prompt: str, refusal_patterns: list[str]) -> dict[str, Any]:
-    check_params(params)
-    try:
-        ref = models.read_base_ref()
-    except FileNotFoundError as err:
-        raise EvalError(str(err)) from err
-    tokenizer = models.load_tokenizer(ref.name_or_path, ref)
-    held = load_held_out(tokenizer, params, system_prompt)
-    results = measure(params, held, tokenizer, refusal_patterns)
-    sizes = {name: ARTIFACTS[name][1].stat().st_size for name in results if name.startswith("gguf_")}
-    report = build_report(results, sizes)
-    if params.judge_enabled:
-        report["judge"] = {
-            name: _round(judge.judge_score(params, held.tasks, result.task_answers)) for name, result in results.items()
-        }
-    write_outputs(report, results, held, params)
-    return report
-
-
-def apply_gates(report: dict[str, Any], params: Eval) -> None:
-    failures = metrics.gate_failures(report, params.max_q4_k_m_vs_f16_ppl_ratio, params.max_task_drop_dpo_vs_sft)
-    for failure in failures:
-        log.warning("%s", failure)
-    if failures and params.gate_action == "fail":
-        raise GateFailed(f"{len(failures)} eval gate(s) failed (eval.gate_action: fail): " + "; ".join(failures))
-
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
-
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
-    started = time.perf_counter()
-    try:
+
+    def body() -> None:
+        from ta.eval.evaluate import apply_gates, run
+
+        started = time.perf_counter()
         params = load_params()
-        report = run(params.eval, params.prepare.system_prompt, params.prepare.refusal_patterns)
-        apply_gates(report, params.eval)
-    except (ParamsError, EvalError, DataError, judge.JudgeError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except GateFailed as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    log.info("wrote %s, %s, %s in %.1f s", METRICS_FILE, SAMPLES_MD, SAMPLES_JSON, time.perf_counter() - started)
-    print(json.dumps(report, ensure_ascii=False, indent=2))
-    return 0
+        results = run(params.eval, params.prepare.system_prompt, params.prepare.refusal_patterns)
+        apply_gates(results, params.eval)
+        elapsed = time.perf_counter() - started
+        log.info("wrote %s, %s, %s in %.1f s", paths.EVAL_METRICS, paths.SAMPLES_MD, paths.SAMPLES_JSON, elapsed)
+        print(json.dumps(results, ensure_ascii=False, indent=2))
+
+    return report("eval", body)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,1 @@
+"""prepare: raw rows in any supported layout -> cleaned, filtered, deduplicated, split conversations."""

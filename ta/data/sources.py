@@ -1,0 +1,110 @@
+"""prepare's inputs: the sources named in params (or on the command line), read a chunk at a time, and
+the format each one is in."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from ta.config import Prepare, PrepareSource
+from ta.data.formats import detect_format, is_preference_format
+from ta.data.io import LineBlock, RawRow, Record, chunked, parse_jsonl_line, read_chunks
+from ta.errors import DataError, PrepareError
+
+CHUNK_ROWS = 2000  # lines per task sent to a worker; a source of one chunk is done in-process
+LENGTH_SAMPLE = 20_000  # kept rows per source whose token length the statistics count (at least)
+
+
+@dataclass
+class Source:
+    """One input, resolved from params or the command line."""
+
+    name: str  # file path or hub id: what rejects and metrics call it
+    kind: str  # sft | preference | any (the CLI takes both)
+    config: PrepareSource = field(default_factory=PrepareSource)
+    length_every: int = 1  # token lengths counted in one of this many rows (length_sample_every)
+    expected_rows: int = 0  # estimated from a large JSONL file's size (0: not estimated)
+
+    @property
+    def column_map(self) -> dict[str, str]:
+        """{source column: format field}, from the params mapping {format field: source column}."""
+        columns = self.config.columns
+        return {getattr(columns, f.name): f.name for f in fields(columns) if getattr(columns, f.name)}
+
+
+def sources_from_params(params: Prepare) -> list[Source]:
+    """The SFT and preference sources of params `prepare`, in that order (validated by the loader)."""
+    return [
+        Source(config.path or config.hub, kind, config)
+        for kind in ("sft", "preference")
+        for config in params.sources(kind)
+    ]
+
+
+Chunk = LineBlock | list[RawRow]
+
+
+def read_source(source: Source) -> Iterator[Chunk]:
+    """Chunks of CHUNK_ROWS rows of a local file (JSONL or JSON array), or of a hub dataset through
+    `datasets`."""
+    if source.config.hub:
+        return chunked(read_hub(source.config), CHUNK_ROWS)
+    if not Path(source.name).is_file():
+        raise PrepareError(f"{source.name}: source file not found")
+    return read_chunks(source.name, CHUNK_ROWS)
+
+
+def read_hub(config: PrepareSource) -> Iterator[Record]:
+    """A hub dataset by id, with the ordinary `datasets.load_dataset` call (Arrow, memory-mapped, so
+    bounded memory); row i is reported as line i+1 of `<id>[<split>]`."""
+    import datasets
+
+    dataset = datasets.load_dataset(
+        config.hub,
+        config.name or None,
+        split=config.split,
+        revision=config.revision or None,
+        data_files=config.data_files or None,
+    )
+    label = f"{config.hub}[{config.split}]"
+    for index, row in enumerate(dataset):
+        yield Record(label, index + 1, row)
+
+
+def source_format(source: Source, head: list[RawRow]) -> str:
+    """The format named in params, or the one the first readable row's keys identify."""
+    fmt = source.config.format
+    if fmt == "auto":
+        records = (item if isinstance(item, Record) else parse_jsonl_line(source.name, *item) for item in head)
+        first = next((record for record in records if record.error is None), None)
+        if first is None:  # nothing readable: every row will be rejected anyway
+            return "pairs" if source.kind == "preference" else "qa"
+        fmt = detect_format({source.column_map.get(k, k): v for k, v in first.value.items()}) or ""
+        if not fmt:
+            raise DataError(
+                f"{first.source}: cannot tell the format from the keys {sorted(first.value)}; "
+                "name it (prepare source `format:`, or --format)",
+                "unknown_format",
+                first.line,
+            )
+    wanted = {"sft": False, "preference": True}.get(source.kind)
+    if wanted is not None and is_preference_format(fmt) != wanted:
+        listed = "sft_sources" if source.kind == "sft" else "preference_sources"
+        raise PrepareError(f"{source.name}: rows look like format {fmt!r}, which does not belong in {listed}")
+    return fmt
+
+
+def expected_rows(source: Source, head: list[RawRow]) -> int:
+    """About how many rows a JSONL file of more than one chunk has, from its size and the size of its first
+    lines (0 for other sources)."""
+    lines = [item[1] for item in head if isinstance(item, tuple)]  # JSONL: (line number, bytes)
+    if len(head) < CHUNK_ROWS or len(lines) < len(head):  # small, a JSON array or a hub dataset
+        return 0
+    return round(Path(source.name).stat().st_size * len(lines) / sum(len(raw) + 1 for raw in lines))
+
+
+def length_sample_every(source: Source, head: list[RawRow]) -> int:
+    """Token lengths for the statistics are counted in one of this many kept rows: all of them up to
+    LENGTH_SAMPLE rows, then a hash sample of about that size (in a large JSONL file)."""
+    return max(1, round(expected_rows(source, head) / LENGTH_SAMPLE))

@@ -1,0 +1,56 @@
+"""Every path the pipeline reads or writes, spelled once, as dvc.yaml declares them.
+
+Stages and the library take their defaults from here; tests/test_paths.py checks that each `deps`/`outs`
+entry of dvc.yaml is one of these and that nothing here is missing from dvc.yaml.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+PARAMS_FILE = Path("params.yaml")
+DEEPSPEED_CONFIG = Path("ds_config_zero2.json")
+
+# data
+RAW_DIR = Path("data/raw")
+PREPARED_DIR = Path("data/prepared")
+SFT_TRAIN = PREPARED_DIR / "sft_train.jsonl"
+SFT_EVAL = PREPARED_DIR / "sft_eval.jsonl"
+PREF_TRAIN = PREPARED_DIR / "pref_train.jsonl"
+PREF_EVAL = PREPARED_DIR / "pref_eval.jsonl"
+REJECTS = PREPARED_DIR / "rejects.jsonl"
+PROCESSED_FILE = Path("data/processed_data.jsonl")  # the guide's Alpaca-form output
+
+# models
+BASE_DIR = Path("models/base")
+BASE_INFO = BASE_DIR / "base.json"
+SFT_DIR = Path("models/sft")
+DPO_DIR = Path("models/dpo")
+MERGED_DIR = Path("models/merged")
+GGUF_DIR = Path("models/gguf")
+MODELFILE = Path("models/ollama/Modelfile")
+
+# training state
+SFT_CHECKPOINTS = Path("checkpoints/sft")
+DPO_CHECKPOINTS = Path("checkpoints/dpo")
+SFT_LIVE = Path("dvclive/sft")
+DPO_LIVE = Path("dvclive/dpo")
+
+# metrics and plot data
+METRICS_DIR = Path("metrics")
+PREPARE_METRICS = METRICS_DIR / "prepare.json"
+OPENINGS_PLOT = METRICS_DIR / "prepare_openings.csv"
+LENGTHS_PLOT = METRICS_DIR / "prepare_lengths.csv"
+GGUF_METRICS = METRICS_DIR / "gguf.json"
+QUANTIZE_METRICS = METRICS_DIR / "quantize.json"
+EVAL_METRICS = METRICS_DIR / "eval.json"
+SAMPLES_MD = METRICS_DIR / "samples.md"
+SAMPLES_JSON = METRICS_DIR / "samples.json"
+EVAL_PLOTS_DIR = METRICS_DIR / "eval_plots"
+
+GGUF_STEM = "teachingassistant"
+
+
+def gguf_file(kind: str, gguf_dir: Path = GGUF_DIR) -> Path:
+    """The GGUF of one type: models/gguf/teachingassistant-<kind>.gguf (kind: f16, bf16, q8_0, q4_k_m, ...)."""
+    return gguf_dir / f"{GGUF_STEM}-{kind}.gguf"

@@ -1,0 +1,137 @@
+"""Direct Preference Optimization on top of the SFT model: TRL DPOTrainer.
+
+The reference policy is the SFT model itself, without a second copy of the base weights: given a
+PeftModel whose trainable "default" adapter is the SFT adapter, TRL adds a frozen copy of it ("ref")
+and switches adapters to compute the reference log-probs. After a full SFT, TRL loads a second copy of
+models/sft as the reference. `dpo.ref_model` names another reference instead (a model dir, or an adapter
+dir over the pinned base), like the guide's `--ref_model_name_or_path`. The stage is stages/dpo.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from ta import paths
+from ta.base_model import BaseModelRef, read_base_ref
+from ta.config import Dpo
+from ta.errors import MissingInputError, ParamsError
+from ta.models import copy_tokenizer_files, load_base_model, load_tokenizer, save_model, torch_dtype
+from ta.train import checkpoints, launch
+from ta.train.args import check_precision, shared_trainer_args
+
+log = logging.getLogger("dpo")
+
+
+def read_pairs(path: Path) -> list[dict[str, list[dict[str, str]]]]:
+    with path.open(encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    return [{k: row[k] for k in ("prompt", "chosen", "rejected")} for row in rows]
+
+
+def is_adapter(path: Path) -> bool:
+    return (path / "adapter_config.json").is_file()
+
+
+def check(params: Dpo) -> None:
+    """Reject a config that cannot run here, before any process is launched or any weight loaded."""
+    check_precision("dpo", params.precision)
+    launch.check_deepspeed("dpo", params.num_processes, params.deepspeed_config)
+    ref_model = Path(params.ref_model)
+    if params.ref_model and not (ref_model / "config.json").is_file() and not is_adapter(ref_model):
+        raise ParamsError(f"params.yaml: dpo.ref_model: {params.ref_model}: not a model or adapter directory")
+    if not paths.SFT_DIR.is_dir():
+        raise MissingInputError(f"{paths.SFT_DIR}: missing; run `dvc repro sft` first")
+
+
+def fingerprint(params: Dpo) -> dict[str, Any]:
+    inputs = [paths.PREF_TRAIN, paths.PREF_EVAL, Path(params.deepspeed_config), *sorted(paths.BASE_DIR.glob("*"))]
+    inputs += sorted(paths.SFT_DIR.glob("*.safetensors"))
+    return checkpoints.run_fingerprint({"dpo": dataclasses.asdict(params)}, inputs)
+
+
+def load_policy(ref: BaseModelRef, params: Dpo) -> Any:
+    """The SFT model, trainable: its adapter over the base, or the fully fine-tuned model in fp32."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    if is_adapter(paths.SFT_DIR):
+        base = load_base_model(ref, torch_dtype(params.precision))
+        return PeftModel.from_pretrained(base, str(paths.SFT_DIR), is_trainable=True)
+    return AutoModelForCausalLM.from_pretrained(str(paths.SFT_DIR), dtype=torch_dtype("fp32"))
+
+
+def load_reference(ref: BaseModelRef, params: Dpo) -> Any:
+    """The explicit reference model of `dpo.ref_model` (frozen), or None for TRL's default."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    if not params.ref_model:
+        return None
+    path = Path(params.ref_model)
+    if is_adapter(path):
+        base = load_base_model(ref, torch_dtype(params.precision))
+        return PeftModel.from_pretrained(base, str(path)).merge_and_unload().eval()
+    return AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype(params.precision)).eval()
+
+
+def dpo_config(params: Dpo, checkpoint_dir: Path) -> Any:
+    from trl import DPOConfig
+
+    return DPOConfig(
+        **shared_trainer_args(params, params.learning_rate, checkpoint_dir),
+        beta=params.beta,
+        loss_type=params.loss_type,
+        max_length=params.max_length,
+    )
+
+
+def train(
+    params: Dpo,
+    out_dir: Path = paths.DPO_DIR,
+    live_dir: Path = paths.DPO_LIVE,
+    checkpoint_dir: Path = paths.DPO_CHECKPOINTS,
+) -> dict[str, float]:
+    from datasets import Dataset
+    from transformers import set_seed
+    from trl import DPOTrainer
+
+    from ta.train.tracking import dvclive_callbacks
+
+    set_seed(params.seed)
+    ref = read_base_ref()
+    tokenizer = load_tokenizer(paths.SFT_DIR)
+    resume_from = checkpoints.last_checkpoint(checkpoint_dir)
+    callbacks = [launch.engine_report()]
+    callbacks += dvclive_callbacks(
+        live_dir,
+        {"dpo": dataclasses.asdict(params)},
+        resume_step=int(resume_from.name.split("-")[-1]) if resume_from else None,
+    )
+    trainer = DPOTrainer(
+        model=load_policy(ref, params),
+        ref_model=load_reference(ref, params),
+        args=dpo_config(params, checkpoint_dir),
+        train_dataset=Dataset.from_list(read_pairs(paths.PREF_TRAIN)),
+        eval_dataset=Dataset.from_list(read_pairs(paths.PREF_EVAL)),
+        processing_class=tokenizer,
+        callbacks=callbacks,
+    )
+    if resume_from:
+        log.info("Resuming from %s", resume_from.name)
+    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    state = trainer.state
+    last_eval = next(entry for entry in reversed(state.log_history) if "eval_loss" in entry)  # the last step's
+    metrics = {**last_eval, "global_step": state.global_step}
+    if trainer.is_world_process_zero():
+        model = trainer.model
+        if is_adapter(paths.SFT_DIR):
+            save_model(model, out_dir, selected_adapters=["default"])
+        else:
+            save_model(model, out_dir)
+        copy_tokenizer_files(paths.SFT_DIR, out_dir)
+        checkpoints.clear_checkpoints(checkpoint_dir)
+    return metrics

@@ -1,0 +1,79 @@
+"""How a training stage runs: in one process or in N under torchrun.
+
+`sft.num_processes: 4` makes `python -m stages.sft` start itself again as four workers through
+`torch.distributed.run` (torchrun), one per GPU — what `deepspeed --num_gpus=4 train.py` does on one
+machine; each worker sees the DeepSpeed config in its trainer arguments. On a CPU box the workers talk
+over gloo. A stage started by a launcher already (torchrun, `deepspeed --hostfile`, `accelerate launch`)
+finds RANK/LOCAL_RANK set and trains in place, which is the route to several machines.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from ta.errors import ParamsError
+
+log = logging.getLogger("launch")
+
+
+def rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def launched() -> bool:
+    """True inside a worker started by torchrun, deepspeed or accelerate."""
+    return "LOCAL_RANK" in os.environ
+
+
+def setup_logging() -> None:
+    """INFO on rank 0; workers other than rank 0 report warnings only, so the log reads like one run."""
+    level = logging.INFO if rank() == 0 else logging.WARNING
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+
+def relaunch(module: str, num_processes: int) -> int:
+    """Run `python -m module` as `num_processes` workers on this machine; return the launcher's exit code."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={num_processes}"]
+    cmd += ["--module", module]
+    log.info("launching %d processes: %s", num_processes, " ".join(cmd))
+    return subprocess.run(cmd).returncode
+
+
+def zero_stage(num_processes: int, deepspeed_config: str) -> int:
+    """The ZeRO stage a run trains with: 0 unless several processes run under a DeepSpeed config."""
+    if num_processes <= 1 or not deepspeed_config:
+        return 0
+    return int(json.loads(Path(deepspeed_config).read_text(encoding="utf-8"))["zero_optimization"]["stage"])
+
+
+def check_deepspeed(section: str, num_processes: int, deepspeed_config: str) -> None:
+    """The DeepSpeed config exists and asks for a ZeRO stage the stages can save from (not 3: the weights are
+    written from rank 0, which under ZeRO-3 holds only its shard)."""
+    if num_processes > 1 and deepspeed_config and not Path(deepspeed_config).is_file():
+        raise ParamsError(f"params.yaml: {section}.deepspeed_config: {deepspeed_config}: file not found")
+    if zero_stage(num_processes, deepspeed_config) == 3:
+        raise ParamsError(f"{deepspeed_config}: zero_optimization.stage 3 is not supported here; use stage 2")
+
+
+def engine_report() -> Any:
+    """A trainer callback that logs, on rank 0 as training starts, which engine really runs it: e.g.
+    "DeepSpeed ZeRO stage 2 over 2 processes (optimizer DeepSpeedZeroOptimizer, gloo backend)"."""
+    import torch.distributed as dist
+    from transformers import TrainerCallback
+
+    class EngineReport(TrainerCallback):
+        def on_train_begin(self, args: Any, state: Any, control: Any, optimizer: Any = None, **kwargs: Any) -> None:
+            if not state.is_world_process_zero:
+                return
+            backend = f", {dist.get_backend()} backend" if dist.is_initialized() else ""
+            engine = f"DeepSpeed ZeRO stage {args.deepspeed_plugin.zero_stage}" if args.deepspeed_plugin else "Trainer"
+            inner = getattr(optimizer, "optimizer", optimizer)  # accelerate wraps DeepSpeed's optimizer
+            log.info("%s over %d process(es) (optimizer %s%s)", engine, args.world_size, type(inner).__name__, backend)
+
+    return EngineReport()
