@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         print("docs/params.md: up to date")
         return 0
     OUT.write_text(page, encoding="utf-8", newline="\n")
-    print(f"wrote {OUT.relative_to(ROOT)}")
+    print(f"wrote {OUT.relative_to(ROOT) if OUT.is_relative_to(ROOT) else OUT}")
     return 0
 
 
