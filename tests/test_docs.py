@@ -387,6 +387,15 @@ def test_data_card_counts_every_shipped_file() -> None:
         assert int(card[name]) == sum(1 for line in read(path).splitlines() if line.strip()), name
 
 
+def test_data_card_quotes_the_last_prepare_run() -> None:
+    card = " ".join(read(REPO / "docs/data-card.md").split())
+    stats = json.loads(read(REPO / "metrics/prepare.json"))
+    splits = stats["splits"]
+    assert f"prepare keeps {stats['kept']:,} of the {stats['rows_in']:,} rows ({stats['rejected']} drill rows" in card
+    assert f"{splits['sft_train']} SFT rows and {splits['pref_train']} pairs for training" in card
+    assert f"{splits['sft_eval']} and {splits['pref_eval']} for evaluation" in card
+
+
 def test_license_is_the_apache_2_text() -> None:
     text = read(REPO / "LICENSE")
     # md5 of https://www.apache.org/licenses/LICENSE-2.0.txt, the text as the ASF publishes it
