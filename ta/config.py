@@ -186,7 +186,7 @@ class Prepare:
 @dataclass
 class Lora:
     r: Positive
-    alpha: PositiveFloat
+    alpha: Positive  # lora_alpha (an int, as PEFT writes it)
     dropout: Annotated[float, Range(ge=0, lt=1)]
     target_modules: str | list[str]  # "all-linear" = every linear layer but the output head
     modules_to_save: list[str]  # trained in full beside the adapter, e.g. [lm_head]
