@@ -1,18 +1,14 @@
-"""Readers, format detection and normalisers of stages/data.py, on fixtures in each public set's layout."""
+"""Every supported input layout into the internal conversation form (ta/data/formats.py) and back out in
+the guide's forms, on fixtures written in each public set's layout (tests/fixtures/prepare)."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
-from stages.data import DataError, RowRejected, Sample, read_records, write_jsonl
-from stages.formats import detect_format, normalise, to_alpaca, to_chat, to_guide_pair
-
-FIXTURES = Path(__file__).parent / "fixtures" / "prepare"
+from ta.data.formats import detect_format, is_preference_format, normalise, to_alpaca, to_chat, to_guide_pair
+from ta.data.io import read_records
+from ta.data.samples import RowRejected, Sample
+from tests.helpers import PREPARE_FIXTURES as FIXTURES
 
 
 def first_sample(name: str, fmt: str | None = None, columns: dict[str, str] | None = None) -> Sample:
@@ -71,15 +67,6 @@ def test_alpaca_array_keeps_system_history_and_joins_input() -> None:
     ]
     second = normalise(records[1].value, "alpaca")
     assert second.messages[0] == user("比较两个分数的大小\n1/3 和 2/5")
-
-
-def test_json_array_rows_keep_the_line_they_start_on() -> None:
-    # alpaca_history.json is indented by json.dump(indent=2): "[" on line 1, the first object on line 2.
-    lines = [record.line for record in read_records(FIXTURES / "alpaca_history.json")]
-    text = (FIXTURES / "alpaca_history.json").read_text(encoding="utf-8").splitlines()
-    assert lines[0] == 2
-    assert text[lines[1] - 1].strip() == "{"
-    assert text[lines[1]].strip().startswith('"instruction": "比较两个分数的大小"')
 
 
 def test_sharegpt_multi_turn_maps_human_and_gpt() -> None:
@@ -157,49 +144,6 @@ def test_unusable_content_is_a_row_reject_with_its_reason(row: dict, fmt: str, r
     assert err.value.reason == reason
 
 
-def test_bom_is_accepted(tmp_path: Path) -> None:
-    path = tmp_path / "bom.jsonl"
-    path.write_bytes(b"\xef\xbb\xbf" + '{"question": "问", "answer": "答"}\n'.encode())
-    assert [r.value for r in read_records(path)] == [{"question": "问", "answer": "答"}]
-
-
-@pytest.mark.parametrize(
-    ("content", "reason", "message"),
-    [
-        (b'{"question": "a", "answer": "b"}\n\n{"question": "a",\n', "malformed_json", "bad.jsonl:3: malformed JSON"),
-        (b'{"question": "a", "answer": "b"}\n{"question": "\xff\xfe"}\n', "not_utf8", "bad.jsonl:2: not UTF-8"),
-        (
-            b'{"question": "a", "answer": "b"}\n["a", "b"]\n',
-            "wrong_top_level",
-            "bad.jsonl:2: expected a JSON object per line, got list",
-        ),
-        (b'{\n  "rows": [1, 2]\n}\n', "wrong_top_level", "bad.jsonl:1: the file is one JSON object"),
-    ],
-)
-def test_structural_damage_names_file_and_line(tmp_path: Path, content: bytes, reason: str, message: str) -> None:
-    path = tmp_path / "bad.jsonl"
-    path.write_bytes(content)
-    with pytest.raises(DataError) as err:
-        list(read_records(path))
-    assert err.value.reason == reason
-    assert str(err.value).startswith(str(tmp_path / message)) or str(err.value).startswith(message)
-
-
-def test_skip_mode_yields_the_damaged_line_as_an_error_record(tmp_path: Path) -> None:
-    path = tmp_path / "bad.jsonl"
-    path.write_bytes(b'{"question": "a", "answer": "b"}\nnot json\n{"question": "c", "answer": "d"}\n')
-    records = list(read_records(path, on_error="skip"))
-    assert [(r.line, r.error is None) for r in records] == [(1, True), (2, False), (3, True)]
-    assert records[1].error is not None and records[1].error.raw == "not json"
-
-
-def test_json_array_with_a_non_object_element(tmp_path: Path) -> None:
-    path = tmp_path / "arr.json"
-    path.write_text('[\n  {"question": "a", "answer": "b"},\n  "oops"\n]\n', encoding="utf-8")
-    with pytest.raises(DataError, match=r"arr.json:3: expected a JSON object in the array, got str"):
-        list(read_records(path))
-
-
 def test_alpaca_and_guide_pair_targets() -> None:
     sft = Sample([user("q1"), assistant("a1"), user("q2"), assistant("a2")])
     assert to_alpaca(sft) == {"instruction": "q2", "input": "", "output": "a2", "history": [["q1", "a1"]]}
@@ -208,37 +152,17 @@ def test_alpaca_and_guide_pair_targets() -> None:
     assert to_chat(pair)["chosen"] == [assistant("good")]
 
 
-def test_write_jsonl_is_utf8_one_object_per_line(tmp_path: Path) -> None:
-    path = tmp_path / "out" / "rows.jsonl"
-    assert write_jsonl(path, [{"a": "中文"}, {"b": 1}]) == 2
-    assert path.read_bytes() == '{"a":"中文"}\n{"b":1}\n'.encode()
-    assert [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()] == [{"a": "中文"}, {"b": 1}]
-    # A lone surrogate (valid as a JSON escape, not as UTF-8) is written escaped, not lost.
-    write_jsonl(path, [{"a": "\ud800x"}])
-    assert path.read_bytes() == b'{"a":"\\ud800x"}\n'
+def test_params_offer_exactly_the_formats_there_is_a_reader_for() -> None:
+    from ta.config import SourceFormat, choices
+    from ta.data.formats import NORMALISERS, PREFERENCE_FORMATS, SFT_FORMATS
+
+    assert set(choices(SourceFormat)) - {"auto"} == set(NORMALISERS) == {*SFT_FORMATS, *PREFERENCE_FORMATS}
+    assert [is_preference_format(fmt) for fmt in SFT_FORMATS] == [False] * len(SFT_FORMATS)
+    assert all(is_preference_format(fmt) for fmt in PREFERENCE_FORMATS)
 
 
-LINES = st.lists(st.sampled_from(['{"a": 1}', '{"b": "二"}', "", "  ", "\r", '{"c": 3}\r', "not json"]), max_size=40)
-
-
-@settings(max_examples=150, deadline=None)
-@given(lines=LINES, rows=st.integers(1, 7), read_bytes=st.integers(1, 40), bom=st.booleans(), end=st.booleans())
-def test_line_blocks_give_every_line_once_with_its_number(
-    tmp_path_factory: pytest.TempPathFactory, lines: list[str], rows: int, read_bytes: int, bom: bool, end: bool
-) -> None:
-    """Whatever the read size and block size: the non-blank lines, numbered as a plain split numbers
-    them, each in the block of `rows` lines it falls in."""
-    from stages import data
-
-    path = tmp_path_factory.mktemp("blocks") / "rows.jsonl"
-    raw = ("\n".join(lines) + ("\n" if end else "")).encode("utf-8")
-    path.write_bytes((b"\xef\xbb\xbf" if bom else b"") + raw)
-    expected = [(n, line.rstrip(b"\r")) for n, line in enumerate(raw.split(b"\n"), 1) if line.strip()]
-    old, data.READ_BYTES = data.READ_BYTES, read_bytes
-    try:
-        blocks = list(data._line_blocks(path, rows))
-    finally:
-        data.READ_BYTES = old
-    assert [row for block in blocks for row in block.rows()] == expected
-    for block in blocks:
-        assert all(block.first <= n < block.first + rows for n, _ in block.rows())
+def test_columns_rename_a_sources_fields_before_reading() -> None:
+    row = {"q": "什么是质数？", "a": "只能被 1 和自身整除的大于 1 的整数。", "q_id": 7}
+    assert detect_format(row) is None
+    sample = normalise(row, "qa", {"q": "question", "a": "answer"})
+    assert sample.messages == [user("什么是质数？"), assistant("只能被 1 和自身整除的大于 1 的整数。")]
