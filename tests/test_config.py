@@ -103,7 +103,7 @@ def test_exp_run_style_float_string_is_a_float(tmp_path: Path) -> None:
         ({"prepare": {"sft_sources": [{"hub": "x", "colums": {}}]}}, r"unknown key prepare\.sft_sources\[0\]\.colums"),
         (
             {"prepare": {"sft_sources": [{"path": "a", "hub": "b"}]}},
-            r"sft_sources\[0\]: give exactly one of path or hub",
+            r"prepare\.sft_sources\[0\]: give exactly one of path or hub",
         ),
     ],
 )
