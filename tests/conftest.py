@@ -5,6 +5,7 @@ Tiers: `make test` runs `pytest -m "not pipeline"` (unit tests and one reduced r
 gets it here from the fixtures it uses (`pipeline_repo` and everything built on it) or from living in
 tests/e2e/ (the rule is tests.helpers.pipeline_reason; tests/test_tiers.py checks it).
 
+
 `pipeline_repo` runs the whole `dvc repro` on the tiny default once per session in a temporary copy of the
 repository; every artifact under test in the full tier was produced by the pipeline as a user runs it.
 """
@@ -20,7 +21,7 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from tests.helpers import DVC, PIPELINE_MARK, TESTS, copy_repo, free_port, pipeline_reason, repo_env, run
+from tests.helpers import DVC, PIPELINE_MARK, copy_repo, free_port, pipeline_reason, repo_env, run
 
 # Offline, before anything imports transformers or datasets (they read these once, at import).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -32,7 +33,7 @@ os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
-        if pipeline_reason(getattr(item, "fixturenames", ()), item.path, TESTS):
+        if pipeline_reason(getattr(item, "fixturenames", ()), item.path, Path(__file__).parent):
             item.add_marker(getattr(pytest.mark, PIPELINE_MARK))
 
 
