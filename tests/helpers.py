@@ -234,6 +234,7 @@ WORKSPACE_PARAMS: dict[str, Any] = {
         "eval_steps": 2,
         "logging_steps": 1,
         "save_steps": 2,
+        "early_stopping_patience": 0,  # on in tests of it only: it needs checkpoints at every eval
         "warmup_ratio": 0.0,
         "train_sampling_strategy": "random",
         "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
