@@ -1,69 +1,70 @@
-"""Resume: a stage killed with SIGKILL after its first checkpoint picks up from it on the next run and ends
-where an uninterrupted run ends; checkpoints of a run with other params are not resumed."""
+"""Resumable training (ta/train/checkpoints.py): a stage killed with SIGKILL after a checkpoint picks up from it
+on the next run and ends where an uninterrupted run ends; half-written checkpoints and those of a run with
+other params or data are never resumed."""
 
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-from test_sft import make_workspace, run_stage, set_params, stage_env, tsv_steps
 
-from stages import launch
+from ta.train import checkpoints
+from tests.helpers import copy_workspace, repo_env, run_module, set_params, tsv_steps
 
-RESUME_PARAMS = {"max_steps": 6, "save_steps": 2, "eval_steps": 2, "logging_steps": 1}
+RESUME = {"max_steps": 6, "save_steps": 2, "eval_steps": 2, "logging_steps": 1}
 
 
-def final_loss(workspace: Path) -> tuple[int, float]:
+def final_loss(workspace: Path, stage: str) -> tuple[int, float]:
     """(step, train loss) of the last row DVCLive logged."""
-    last = (workspace / "dvclive/sft/plots/metrics/loss.tsv").read_text(encoding="utf-8").splitlines()[-1]
+    last = (workspace / f"dvclive/{stage}/plots/metrics/loss.tsv").read_text(encoding="utf-8").splitlines()[-1]
     step, loss = last.split("\t")[:2]
     return int(step), float(loss)
 
 
-def kill_after_first_checkpoint(workspace: Path) -> None:
-    checkpoints = workspace / "checkpoints/sft"
+def kill_after_first_checkpoint(workspace: Path, stage: str) -> None:
     with (workspace / "killed.log").open("w") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "stages.sft"], cwd=workspace, stdout=log, stderr=log, env=stage_env()
+            [sys.executable, "-m", f"stages.{stage}"], cwd=workspace, stdout=log, stderr=log, env=repo_env()
         )
-        deadline = time.monotonic() + 300
+        deadline = time.monotonic() + 600
         # Complete, not merely there: the trainer state exists, empty, from the moment the Trainer opens it.
-        while proc.poll() is None and launch.last_checkpoint(checkpoints) is None:
-            assert time.monotonic() < deadline, "no checkpoint within 300 s"
+        while proc.poll() is None and checkpoints.last_checkpoint(workspace / f"checkpoints/{stage}") is None:
+            assert time.monotonic() < deadline, "no checkpoint within 600 s"
             time.sleep(0.05)
         proc.kill()  # SIGKILL: no cleanup runs
         proc.wait()
     assert proc.returncode == -9, f"the run ended by itself before it could be killed ({proc.returncode})"
 
 
-def test_killed_run_resumes_and_ends_like_an_uninterrupted_one(tmp_path: Path) -> None:
-    uninterrupted = make_workspace(tmp_path / "uninterrupted")
-    set_params(uninterrupted, sft=RESUME_PARAMS)
-    interrupted = tmp_path / "interrupted"
-    shutil.copytree(uninterrupted, interrupted)
+@pytest.mark.parametrize("stage", ["sft", "dpo"])
+def test_killed_run_resumes_and_ends_like_an_uninterrupted_one(
+    stage: str, sft_template: Path, dpo_template: Path, tmp_path: Path
+) -> None:
+    uninterrupted = copy_workspace(sft_template if stage == "sft" else dpo_template, tmp_path / "uninterrupted")
+    set_params(uninterrupted, **{stage: RESUME})
+    interrupted = copy_workspace(uninterrupted, tmp_path / "interrupted")
 
-    result = run_stage("stages.sft", uninterrupted)
+    result = run_module(f"stages.{stage}", uninterrupted)
     assert result.returncode == 0, result.stderr[-3000:]
 
-    kill_after_first_checkpoint(interrupted)
-    assert not (interrupted / "models/sft").exists()
-    assert launch.last_checkpoint(interrupted / "checkpoints/sft") is not None
-    result = run_stage("stages.sft", interrupted)
+    kill_after_first_checkpoint(interrupted, stage)
+    assert not (interrupted / f"models/{stage}").exists()
+    assert checkpoints.last_checkpoint(interrupted / f"checkpoints/{stage}") is not None
+    result = run_module(f"stages.{stage}", interrupted)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Resuming from checkpoint-" in result.stderr
 
-    step, loss = final_loss(interrupted)
-    expected_step, expected_loss = final_loss(uninterrupted)
+    step, loss = final_loss(interrupted, stage)
+    expected_step, expected_loss = final_loss(uninterrupted, stage)
     assert step == expected_step == 6
     assert loss == pytest.approx(expected_loss, abs=1e-3)
     # The resumed run's curve holds each step once, as the uninterrupted one does.
-    assert tsv_steps(interrupted / "dvclive/sft/plots/metrics/loss.tsv") == [1, 2, 3, 4, 5, 6]
-    assert not any((interrupted / "checkpoints/sft").iterdir())
+    assert tsv_steps(interrupted / f"dvclive/{stage}/plots/metrics/loss.tsv") == [1, 2, 3, 4, 5, 6]
+    assert not any((interrupted / f"checkpoints/{stage}").iterdir())
 
 
 def test_incomplete_checkpoints_are_not_resumed(tmp_path: Path) -> None:
@@ -71,10 +72,18 @@ def test_incomplete_checkpoints_are_not_resumed(tmp_path: Path) -> None:
         checkpoint = tmp_path / f"checkpoint-{step}"
         checkpoint.mkdir()
         if complete:
-            (checkpoint / launch.COMPLETE_MARKER).write_text("{}")
+            (checkpoint / checkpoints.COMPLETE_MARKER).write_text("{}")
     (tmp_path / "checkpoint-best").mkdir()
-    assert launch.last_checkpoint(tmp_path) == tmp_path / "checkpoint-4"
-    assert launch.last_checkpoint(tmp_path / "absent") is None
+    (tmp_path / "checkpoint-10.tmp").mkdir()
+    assert checkpoints.last_checkpoint(tmp_path) == tmp_path / "checkpoint-4"
+    assert checkpoints.last_checkpoint(tmp_path / "absent") is None
+
+
+def test_the_newest_is_found_by_number_not_by_name(tmp_path: Path) -> None:
+    for step in (9, 10, 100):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        (tmp_path / f"checkpoint-{step}" / checkpoints.COMPLETE_MARKER).write_text("{}")
+    assert checkpoints.last_checkpoint(tmp_path) == tmp_path / "checkpoint-100"
 
 
 @pytest.mark.parametrize("written", [0, 0.5], ids=["empty", "cut-short"])
@@ -84,36 +93,57 @@ def test_a_checkpoint_killed_while_its_trainer_state_was_written_is_not_resumed(
     state = json.dumps({"global_step": 4, "log_history": [{"loss": 1.5, "step": 4}]}, indent=2) + "\n"
     for step, text in ((2, state), (4, state[: int(len(state) * written)])):
         (tmp_path / f"checkpoint-{step}").mkdir()
-        (tmp_path / f"checkpoint-{step}" / launch.COMPLETE_MARKER).write_text(text)
-    assert launch.last_checkpoint(tmp_path) == tmp_path / "checkpoint-2"
+        (tmp_path / f"checkpoint-{step}" / checkpoints.COMPLETE_MARKER).write_text(text)
+    assert checkpoints.last_checkpoint(tmp_path) == tmp_path / "checkpoint-2"
 
 
-def test_checkpoints_of_other_params_are_cleared(tmp_path: Path) -> None:
-    checkpoints = tmp_path / "checkpoints"
+def test_checkpoints_of_other_params_or_data_are_cleared(tmp_path: Path) -> None:
+    directory = tmp_path / "checkpoints"
     data = tmp_path / "train.jsonl"
     data.write_text('{"messages": []}\n')
-    first = launch.run_fingerprint({"lr": 1.0e-3}, [data])
-    launch.prepare_resume(checkpoints, first)
-    (checkpoints / "checkpoint-2").mkdir()
+    checkpoints.prepare_resume(directory, checkpoints.run_fingerprint({"lr": 1.0e-3}, [data]))
+    (directory / "checkpoint-2").mkdir()
 
-    launch.prepare_resume(checkpoints, launch.run_fingerprint({"lr": 1.0e-3}, [data]))
-    assert (checkpoints / "checkpoint-2").is_dir()  # same params, same data: kept for resuming
+    checkpoints.prepare_resume(directory, checkpoints.run_fingerprint({"lr": 1.0e-3}, [data]))
+    assert (directory / "checkpoint-2").is_dir()  # same params, same data: kept for resuming
 
     data.write_text('{"messages": [1]}\n')
-    launch.prepare_resume(checkpoints, launch.run_fingerprint({"lr": 1.0e-3}, [data]))
-    assert not (checkpoints / "checkpoint-2").exists()  # other data: cleared
+    checkpoints.prepare_resume(directory, checkpoints.run_fingerprint({"lr": 1.0e-3}, [data]))
+    assert not (directory / "checkpoint-2").exists()  # other data: cleared
 
-    (checkpoints / "checkpoint-2").mkdir()
-    launch.prepare_resume(checkpoints, launch.run_fingerprint({"lr": 2.0e-3}, [data]))
-    assert not (checkpoints / "checkpoint-2").exists()  # other params: cleared
-    stamp = json.loads((checkpoints / launch.RUN_STAMP).read_text())
+    (directory / "checkpoint-2").mkdir()
+    checkpoints.prepare_resume(directory, checkpoints.run_fingerprint({"lr": 2.0e-3}, [data]))
+    assert not (directory / "checkpoint-2").exists()  # other params: cleared
+    stamp = json.loads((directory / checkpoints.RUN_STAMP).read_text())
     assert stamp["params"] == {"lr": 2.0e-3}
-    assert sorted(path.name for path in checkpoints.iterdir()) == [launch.RUN_STAMP]  # no temp file left
+    assert sorted(path.name for path in directory.iterdir()) == [checkpoints.RUN_STAMP]  # no temp file left
 
 
-def test_an_atomic_write_leaves_the_old_text_when_it_fails(tmp_path: Path) -> None:
-    stamp = tmp_path / "run.json"
-    launch.write_atomically(stamp, "old\n")
-    with pytest.raises(UnicodeEncodeError):
-        launch.write_atomically(stamp, "new\n\udc80")  # fails half-way through writing, like a killed run
-    assert stamp.read_text() == "old\n"
+def test_checkpoints_without_a_stamp_are_not_trusted(tmp_path: Path) -> None:
+    (tmp_path / "checkpoint-2").mkdir(parents=True)
+    checkpoints.prepare_resume(tmp_path, checkpoints.run_fingerprint({}, []))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [checkpoints.RUN_STAMP]
+
+
+def test_large_files_are_fingerprinted_by_size_and_time(tmp_path: Path) -> None:
+    import hashlib
+    import os
+
+    small = tmp_path / "small.json"
+    small.write_text("{}")
+    assert checkpoints.file_digest(small) == hashlib.sha256(b"{}").hexdigest()
+    big = tmp_path / "model.safetensors"
+    with big.open("wb") as f:
+        f.truncate((64 << 20) + 1)
+    os.utime(big, ns=(1, 2))
+    assert checkpoints.file_digest(big) == f"size {(64 << 20) + 1}, mtime 2"
+    assert checkpoints.run_fingerprint({"p": 1}, [small, tmp_path / "absent"]) == {
+        "params": {"p": 1},
+        "inputs": {str(small): hashlib.sha256(b"{}").hexdigest()},
+    }
+
+
+def test_clearing_leaves_the_directory_empty_not_gone(tmp_path: Path) -> None:
+    (tmp_path / "c" / "checkpoint-1").mkdir(parents=True)
+    checkpoints.clear_checkpoints(tmp_path / "c")
+    assert (tmp_path / "c").is_dir() and not any((tmp_path / "c").iterdir())
