@@ -1,4 +1,5 @@
-"""The memory estimator against numbers worked out by hand (see the comments) and the guide's table 1.2."""
+"""The memory estimator (ta/train/memory.py) against numbers worked out by hand (see the comments) and the
+guide's table 1.2."""
 
 from __future__ import annotations
 
@@ -6,8 +7,8 @@ import json
 
 import pytest
 
-from stages import estimate
-from stages.estimate import GIB, KNOWN_MODELS, ModelShape, Run
+from ta.train import memory as estimate
+from ta.train.memory import GIB, KNOWN_MODELS, ModelShape, Run
 
 # hidden 4, one layer, 2 heads of 2 dims, 1 KV head, intermediate 8, vocab 10, tied embeddings, no biases.
 # Linear weights: q 4·4 + k 4·2 + v 4·2 + o 4·4 + gate 4·8 + up 4·8 + down 8·4 = 144.
@@ -96,7 +97,7 @@ def test_guide_table_agrees_with_the_guide_where_it_is_definite() -> None:
     assert table.count("\n| ") == 5  # header, separator, three modes
 
 
-def test_cli_prints_the_breakdown_for_a_model_dir(tmp_path, capsys) -> None:
+def test_shape_is_read_from_a_model_dir(tmp_path) -> None:
     config = {
         "model_type": "qwen2",
         "hidden_size": 4,
@@ -110,7 +111,11 @@ def test_cli_prints_the_breakdown_for_a_model_dir(tmp_path, capsys) -> None:
     (tmp_path / "config.json").write_text(json.dumps(config))
     shape = estimate.load_shape(str(tmp_path))
     assert shape.params() == 196 + 4 + 2 + 2  # qkv biases: q 4, k 2, v 2
-    assert estimate.main(["--model", "qwen2-7b", "--batch-size", "4", "--zero-stage", "2", "--num-gpus", "4"]) == 0
-    out = capsys.readouterr().out
-    assert out.startswith("Qwen2-7B (7.62B params, 40.4M trainable), lora, fp16, seq 2048, batch 4 per GPU, ZeRO-2")
-    assert estimate.main(["--model", "nowhere"]) == 2
+    assert estimate.load_shape("Qwen2-7B") == KNOWN_MODELS["qwen2-7b"]
+
+
+def test_an_unknown_model_is_a_one_line_error() -> None:
+    from ta.errors import MissingInputError
+
+    with pytest.raises(MissingInputError, match=r"nowhere: neither a known model \(qwen2-"):
+        estimate.load_shape("nowhere")

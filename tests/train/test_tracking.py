@@ -1,5 +1,5 @@
-"""DVCLive for the trainer stages: train and eval points share the trainer's global step, timings are
-dropped, only rank 0 logs, and a resumed run continues the curves the killed run left."""
+"""DVCLive for the trainer stages (ta/train/tracking.py): train and eval points share the trainer's global
+step, timings are dropped, only rank 0 logs, and a resumed run continues the curves the killed run left."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from stages import tracking
+from ta.train import tracking
 
 
 def tsv_rows(path: Path) -> list[list[str]]:
