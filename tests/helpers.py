@@ -37,10 +37,10 @@ GIT = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
 # ------------------------------------------------------------------------------------------ the tiers
 
 PIPELINE_MARK = "pipeline"
-# Fixtures that run DVC stages on the real pipeline (or need what they produce): a test whose fixture closure
-# holds one of them belongs to the full tier. Everything built on `pipeline_repo` (q4_gguf, merged_dir,
-# llama_server, results_clone ...) pulls it into the closure, so it is caught too.
-PIPELINE_FIXTURES = frozenset({"pipeline_repo"})
+# Fixtures of tests that run the real pipeline (or need what it produced) or that train for real: a test whose
+# fixture closure holds one of them belongs to the full tier. Everything built on `pipeline_repo` (q4_gguf,
+# merged_dir, llama_server, results_clone ...) pulls it into the closure, so it is caught too.
+PIPELINE_FIXTURES = frozenset({"pipeline_repo", "training_workspace", "dpo_training_workspace"})
 
 
 def pipeline_reason(fixturenames: Iterable[str], path: Path, tests_root: Path) -> str | None:

@@ -1,16 +1,21 @@
-"""Ollama Modelfile generation: template equivalence with the HF chat template, stops, errors."""
+"""The Ollama Modelfile (ta/export/modelfile.py): its TEMPLATE renders what the HF chat template renders, its
+stops end every reply, and what cannot be converted is an error naming the file."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
-from serve import gotemplate
-from serve.modelfile import ModelfileError, ollama_prompt, render_hf, stop_tokens, write_modelfile
-from stages.params import Serve
+from ta.config import load_params
+from ta.export.modelfile import ModelfileError, ollama_prompt, render_hf, stop_tokens, write_modelfile
+from tests.helpers import REPO
+
+SERVE = load_params(REPO / "params.yaml").serve
 
 # The template our tiny tokenizer carries (plain ChatML, no default system prompt).
 CHATML = (
@@ -99,7 +104,7 @@ def generate(tmp_path: Path, template: str, **kwargs: bool) -> tuple[Path, dict[
     model_dir = make_model_dir(tmp_path, template, **kwargs)
     out = tmp_path / "models" / "ollama" / "Modelfile"
     gguf = tmp_path / "models" / "gguf" / "teachingassistant-q4_k_m.gguf"
-    params = Serve(temperature=0.3, top_p=0.8, max_model_len=1024, repeat_penalty=1.05)
+    params = dataclasses.replace(SERVE, temperature=0.3, top_p=0.8, max_model_len=1024, repeat_penalty=1.05)
     write_modelfile(model_dir, gguf, out, SYSTEM, params)
     return out, parse_modelfile(out.read_text(encoding="utf-8"))
 
@@ -169,21 +174,7 @@ def test_missing_chat_template_is_an_error(tmp_path: Path) -> None:
     del config["chat_template"]
     (model_dir / "tokenizer_config.json").write_text(json.dumps(config))
     with pytest.raises(ModelfileError, match="tokenizer_config.json: no chat_template"):
-        write_modelfile(model_dir, tmp_path / "x.gguf", tmp_path / "Modelfile", SYSTEM, Serve())
-
-
-def test_go_renderer_subset() -> None:
-    template = (
-        "{{- if not .System }}none{{ else }}[{{ .System }}]{{ end -}}  \n"
-        "{{ range .Items }}<{{ .A }}|{{ $.System }}>{{ end }}"
-    )
-    data = {"System": "s", "Items": [{"A": 1}, {"A": 2}]}
-    assert gotemplate.render(template, data) == "[s]<1|s><2|s>"
-    assert gotemplate.render(template, {"System": "", "Items": []}) == "none"
-    with pytest.raises(gotemplate.GoTemplateError, match="unsupported action"):
-        gotemplate.render("{{ len .Items }}", data)
-    with pytest.raises(gotemplate.GoTemplateError, match="not closed"):
-        gotemplate.render("{{ range .Items }}x", data)
+        write_modelfile(model_dir, tmp_path / "x.gguf", tmp_path / "Modelfile", SYSTEM, SERVE)
 
 
 def test_endoftext_stops_even_when_eos_is_im_end(tmp_path: Path) -> None:
@@ -202,14 +193,15 @@ def test_generation_eos_outside_the_tokenizer_is_an_error(tmp_path: Path) -> Non
         stop_tokens(model_dir)
 
 
-def test_pipeline_merged_model_template_matches_transformers(merged_dir: Path, tmp_path: Path) -> None:
-    """On the real merged model: the Go template renders what transformers' apply_chat_template does."""
-    from transformers import AutoTokenizer
+def test_the_chains_merged_model_template_matches_transformers(chain: SimpleNamespace, tmp_path: Path) -> None:
+    """On the merged model the pipeline made: the Go template renders what transformers' apply_chat_template
+    does, and the stage's own Modelfile points at the quantized file beside it."""
+    from ta.models import load_tokenizer
 
     out = tmp_path / "Modelfile"
-    write_modelfile(merged_dir, tmp_path / "q4.gguf", out, SYSTEM, Serve())
+    write_modelfile(chain.merged, tmp_path / "q4.gguf", out, SYSTEM, SERVE)
     modelfile = parse_modelfile(out.read_text(encoding="utf-8"))
-    tokenizer = AutoTokenizer.from_pretrained(merged_dir)
+    tokenizer = load_tokenizer(chain.merged)
     for conversation in CONVERSATIONS:
         messages = (
             conversation
@@ -219,3 +211,9 @@ def test_pipeline_merged_model_template_matches_transformers(merged_dir: Path, t
         expected = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         assert ollama_prompt(modelfile["template"], conversation, SYSTEM) == expected
     assert {"<|im_end|>", "<|endoftext|>", "<|im_start|>"} <= set(modelfile["stops"])
+
+    shipped = parse_modelfile(chain.modelfile.read_text(encoding="utf-8"))
+    assert (chain.modelfile.parent / shipped["from"]).resolve() == chain.q4.resolve()
+    params = load_params(chain.repo / "params.yaml")
+    assert shipped["system"] == params.prepare.system_prompt
+    assert shipped["params"]["num_ctx"] == str(params.serve.max_model_len)

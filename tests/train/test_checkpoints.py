@@ -40,13 +40,9 @@ def kill_after_first_checkpoint(workspace: Path, stage: str) -> None:
     assert proc.returncode == -9, f"the run ended by itself before it could be killed ({proc.returncode})"
 
 
-@pytest.mark.parametrize("stage", ["sft", "dpo"])
-def test_killed_run_resumes_and_ends_like_an_uninterrupted_one(
-    stage: str, sft_template: Path, dpo_template: Path, tmp_path: Path
-) -> None:
-    uninterrupted = copy_workspace(sft_template if stage == "sft" else dpo_template, tmp_path / "uninterrupted")
-    set_params(uninterrupted, **{stage: RESUME})
-    interrupted = copy_workspace(uninterrupted, tmp_path / "interrupted")
+def killed_run_resumes_and_ends_like_an_uninterrupted_one(stage: str, workspace: Path, tmp_path: Path) -> None:
+    set_params(workspace, **{stage: RESUME})
+    uninterrupted, interrupted = workspace, copy_workspace(workspace, tmp_path / "interrupted")
 
     result = run_module(f"stages.{stage}", uninterrupted)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -65,6 +61,16 @@ def test_killed_run_resumes_and_ends_like_an_uninterrupted_one(
     # The resumed run's curve holds each step once, as the uninterrupted one does.
     assert tsv_steps(interrupted / f"dvclive/{stage}/plots/metrics/loss.tsv") == [1, 2, 3, 4, 5, 6]
     assert not any((interrupted / f"checkpoints/{stage}").iterdir())
+
+
+def test_a_killed_sft_run_resumes_and_ends_like_an_uninterrupted_one(training_workspace: Path, tmp_path: Path) -> None:
+    killed_run_resumes_and_ends_like_an_uninterrupted_one("sft", training_workspace, tmp_path)
+
+
+def test_a_killed_dpo_run_resumes_and_ends_like_an_uninterrupted_one(
+    dpo_training_workspace: Path, tmp_path: Path
+) -> None:
+    killed_run_resumes_and_ends_like_an_uninterrupted_one("dpo", dpo_training_workspace, tmp_path)
 
 
 def test_incomplete_checkpoints_are_not_resumed(tmp_path: Path) -> None:

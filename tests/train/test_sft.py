@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from stages import sft
-from tests.helpers import SYSTEM, make_workspace, repo_env, run_module, set_params, tsv_steps, tsv_values
+from tests.helpers import SYSTEM, repo_env, run_module, set_params, tsv_steps, tsv_values, write_jsonl
 
 PLOTS = Path("dvclive/sft/plots/metrics")
 
@@ -33,18 +33,20 @@ def keep_the_trainer(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     return kept
 
 
-def test_lora_run_logs_every_step_and_leaves_no_checkpoints(workspace: Path) -> None:
+def test_lora_run_logs_every_step_and_leaves_no_checkpoints(training_workspace: Path) -> None:
     assert sft.main([]) == 0
-    assert json.loads((workspace / "models/sft/adapter_config.json").read_text())["r"] == 4
-    assert (workspace / "models/sft/tokenizer.json").is_file()
+    assert json.loads((training_workspace / "models/sft/adapter_config.json").read_text())["r"] == 4
+    assert (training_workspace / "models/sft/tokenizer.json").is_file()
     # max_steps 4, logging every step, eval and checkpoint every 2 steps; checkpoints gone at the end.
     assert tsv_steps(PLOTS / "loss.tsv") == [1, 2, 3, 4]
     assert tsv_steps(PLOTS / "eval/loss.tsv") == [2, 4]
     assert tsv_steps(PLOTS / "learning_rate.tsv") == [1, 2, 3, 4]
     assert tsv_steps(PLOTS / "grad_norm.tsv") == [1, 2, 3, 4]
     assert not (PLOTS / "eval/runtime.tsv").exists()
-    assert (workspace / "checkpoints/sft").is_dir() and not any((workspace / "checkpoints/sft").iterdir())
-    logged = yaml.safe_load((workspace / "dvclive/sft/params.yaml").read_text(encoding="utf-8"))
+    assert (training_workspace / "checkpoints/sft").is_dir() and not any(
+        (training_workspace / "checkpoints/sft").iterdir()
+    )
+    logged = yaml.safe_load((training_workspace / "dvclive/sft/params.yaml").read_text(encoding="utf-8"))
     assert logged["sft"]["max_steps"] == 4 and logged["lr"] == pytest.approx(1.0e-2)
 
 
@@ -71,7 +73,7 @@ def expected_labels(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]
 
 
 def test_the_loss_covers_every_assistant_turn_and_nothing_else(
-    workspace: Path, monkeypatch: pytest.MonkeyPatch
+    training_workspace: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The collated batches the trainer learns from: labels are the token ids inside both assistant turns of
     the two-turn dialogue (and of every other row), -100 outside them and in the padding."""
@@ -80,11 +82,11 @@ def test_the_loss_covers_every_assistant_turn_and_nothing_else(
 
     kept = keep_the_trainer(monkeypatch)
     run = {"max_steps": 1, "save_steps": 0, "early_stopping_patience": 0, "max_seq_len": 256}  # none truncated
-    set_params(workspace, sft=run)
+    set_params(training_workspace, sft=run)
     assert sft.main([]) == 0
-    tokenizer = load_tokenizer(workspace / "models/base")
+    tokenizer = load_tokenizer(training_workspace / "models/base")
     expected = {}
-    for row in read_jsonl(workspace / "data/prepared/sft_train.jsonl"):
+    for row in read_jsonl(training_workspace / "data/prepared/sft_train.jsonl"):
         expected[tuple(token_ids(tokenizer, row["messages"]))] = expected_labels(tokenizer, row["messages"])
     two_turns = [key for key in expected if tokenizer.decode(list(key)).count("<|im_start|>assistant") == 2]
     assert len(two_turns) == 1
@@ -98,15 +100,17 @@ def test_the_loss_covers_every_assistant_turn_and_nothing_else(
     assert seen == set(expected) and two_turns[0] in seen
 
 
-def test_packing_fills_blocks_with_whole_conversations(workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_packing_fills_blocks_with_whole_conversations(
+    training_workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from ta.models import load_tokenizer
     from tests.helpers import read_jsonl
 
     kept = keep_the_trainer(monkeypatch)
-    set_params(workspace, sft={"packing": True, "max_seq_len": 256, "max_steps": 2})
+    set_params(training_workspace, sft={"packing": True, "max_seq_len": 256, "max_steps": 2})
     assert sft.main([]) == 0
-    tokenizer = load_tokenizer(workspace / "models/base")
-    rows = read_jsonl(workspace / "data/prepared/sft_train.jsonl")
+    tokenizer = load_tokenizer(training_workspace / "models/base")
+    rows = read_jsonl(training_workspace / "data/prepared/sft_train.jsonl")
     lengths = sorted(
         len(tokenizer.apply_chat_template(r["messages"], tokenize=True, return_dict=True)["input_ids"]) for r in rows
     )
@@ -117,7 +121,7 @@ def test_packing_fills_blocks_with_whole_conversations(workspace: Path, monkeypa
     assert tsv_steps(PLOTS / "loss.tsv") == [1, 2] and all(v > 0 for v in tsv_values(PLOTS / "loss.tsv"))
 
 
-def test_qlora_loads_every_linear_layer_in_4bit_nf4_and_trains(workspace: Path) -> None:
+def test_qlora_loads_every_linear_layer_in_4bit_nf4_and_trains(training_workspace: Path) -> None:
     import bitsandbytes as bnb
     import torch
     from safetensors.torch import load_file
@@ -126,7 +130,7 @@ def test_qlora_loads_every_linear_layer_in_4bit_nf4_and_trains(workspace: Path) 
     from ta.config import load_params
     from ta.train.sft import load_model
 
-    set_params(workspace, sft={"method": "qlora", "max_steps": 2})
+    set_params(training_workspace, sft={"method": "qlora", "max_steps": 2})
     model = load_model(read_base_ref(), load_params().sft)
     quantized = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
     assert len(quantized) == 2 * 7  # two layers × q, k, v, o, gate, up, down; the head stays unquantized
@@ -135,19 +139,19 @@ def test_qlora_loads_every_linear_layer_in_4bit_nf4_and_trains(workspace: Path) 
     assert {m.compute_dtype for m in quantized} == {torch.bfloat16}
 
     assert sft.main([]) == 0
-    adapter = load_file(str(workspace / "models/sft/adapter_model.safetensors"))
+    adapter = load_file(str(training_workspace / "models/sft/adapter_model.safetensors"))
     lora_b = [t for name, t in adapter.items() if "lora_B" in name]
     assert len(lora_b) == 14 and any(t.abs().sum() > 0 for t in lora_b)  # B starts at zero: it was trained
 
 
-def test_full_fine_tuning_saves_the_whole_changed_model(workspace: Path) -> None:
+def test_full_fine_tuning_saves_the_whole_changed_model(training_workspace: Path) -> None:
     from safetensors.torch import load_file
 
-    set_params(workspace, sft={"method": "full", "max_steps": 2})
+    set_params(training_workspace, sft={"method": "full", "max_steps": 2})
     assert sft.main([]) == 0
-    assert not (workspace / "models/sft/adapter_config.json").exists()
-    tuned = load_file(str(workspace / "models/sft/model.safetensors"))
-    base = load_file(str(workspace / "models/base/model.safetensors"))
+    assert not (training_workspace / "models/sft/adapter_config.json").exists()
+    tuned = load_file(str(training_workspace / "models/sft/model.safetensors"))
+    base = load_file(str(training_workspace / "models/base/model.safetensors"))
     assert set(tuned) == set(base)
     name = "model.layers.0.mlp.down_proj.weight"
     assert not tuned[name].equal(base[name])
@@ -183,7 +187,7 @@ def early_stopping_reference(losses: list[float], patience: int, threshold: floa
 
 
 def test_early_stopping_stops_when_eval_loss_stops_improving_and_restores_the_best(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    training_workspace: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Training teaches 甲 as every answer while the held-out answers are 乙: eval loss soon gets worse
     with every step. The run must stop where the rule says (well before max_steps) and save the best
@@ -192,10 +196,9 @@ def test_early_stopping_stops_when_eval_loss_stops_improving_and_restores_the_be
 
     from ta.train import checkpoints
 
-    workspace = make_workspace(
-        tmp_path / "ws", train=diverging_rows("甲" * 12, 24), evals=diverging_rows("乙" * 12, 4), extra_texts=["第"]
-    )
-    monkeypatch.chdir(workspace)
+    workspace = training_workspace
+    write_jsonl(workspace / "data/prepared/sft_train.jsonl", diverging_rows("甲" * 12, 24))
+    write_jsonl(workspace / "data/prepared/sft_eval.jsonl", diverging_rows("乙" * 12, 4))
     monkeypatch.setattr(checkpoints, "clear_checkpoints", lambda _: None)  # keep them to compare with
     run = {"max_steps": 10, "eval_steps": 1, "save_steps": 1, "early_stopping_patience": 2}
     set_params(workspace, sft={**run, "early_stopping_threshold": 0.01})
@@ -239,13 +242,13 @@ def test_bad_configs_fail_fast_with_one_line(
     assert not (workspace / "models/sft").exists()
 
 
-def test_padding_free_batches_score_like_padded_ones(workspace: Path) -> None:
+def test_padding_free_batches_score_like_padded_ones(training_workspace: Path) -> None:
     # lr 0 and one step: the eval loss is the untrained model's, however the batches are laid out. No sample
     # is longer than max_seq_len (padding-free batches are not truncated).
     eval_losses = []
     for padding_free in (False, True):
         run = {"max_steps": 1, "eval_steps": 1, "save_steps": 0, "max_seq_len": 512, "padding_free": padding_free}
-        set_params(workspace, lr=1.0e-12, sft=run)
+        set_params(training_workspace, lr=1.0e-12, sft=run)
         assert sft.main([]) == 0
         eval_losses.append(tsv_values(PLOTS / "eval/loss.tsv")[-1])
     assert eval_losses[1] == pytest.approx(eval_losses[0], abs=1e-4)
@@ -263,28 +266,35 @@ def test_fp16_on_cpu_names_the_param(workspace: Path, capsys: pytest.CaptureFixt
     )
 
 
-def test_two_processes_train_under_deepspeed_zero2(workspace: Path) -> None:
-    set_params(workspace, sft={"num_processes": 2, "max_steps": 2, "save_steps": 0})
-    result = run_module("stages.sft", workspace)
+def test_two_processes_train_under_deepspeed_zero2(training_workspace: Path) -> None:
+    set_params(training_workspace, sft={"num_processes": 2, "max_steps": 2, "save_steps": 0})
+    result = run_module("stages.sft", training_workspace)
     log = result.stdout + result.stderr
     assert result.returncode == 0, log[-3000:]
     assert "--nproc_per_node=2" in log
     assert "DeepSpeed ZeRO stage 2 over 2 process(es) (optimizer DeepSpeedZeroOptimizer, gloo backend)" in log
-    assert (workspace / "models/sft/adapter_model.safetensors").is_file()
+    assert (training_workspace / "models/sft/adapter_model.safetensors").is_file()
     # Only rank 0 logs to DVCLive: one row per step, not two.
-    assert tsv_steps(workspace / PLOTS / "loss.tsv") == [1, 2]
+    assert tsv_steps(training_workspace / PLOTS / "loss.tsv") == [1, 2]
 
 
-def test_under_an_external_launcher_the_stage_trains_in_place(workspace: Path) -> None:
+def test_under_an_external_launcher_the_stage_trains_in_place(training_workspace: Path) -> None:
     """`torchrun --nproc_per_node 2 -m stages.sft`: the stage sees it was launched and does not launch again;
     both ranks train one model (plain DDP over gloo: no DeepSpeed config at sft.num_processes 1)."""
-    set_params(workspace, sft={"max_steps": 2, "save_steps": 0})
+    set_params(training_workspace, sft={"max_steps": 2, "save_steps": 0})
     result = run_module(
-        "torch.distributed.run", workspace, "--standalone", "--nproc_per_node", "2", "-m", "stages.sft", env=repo_env()
+        "torch.distributed.run",
+        training_workspace,
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "stages.sft",
+        env=repo_env(),
     )
     log = result.stdout + result.stderr
     assert result.returncode == 0, log[-3000:]
     assert "launching" not in log
     assert "Trainer over 2 process(es) (optimizer AdamW, gloo backend)" in log
-    assert (workspace / "models/sft/adapter_model.safetensors").is_file()
-    assert tsv_steps(workspace / PLOTS / "loss.tsv") == [1, 2]
+    assert (training_workspace / "models/sft/adapter_model.safetensors").is_file()
+    assert tsv_steps(training_workspace / PLOTS / "loss.tsv") == [1, 2]
