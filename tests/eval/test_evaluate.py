@@ -1,75 +1,34 @@
-"""The eval stage's wiring on a hand-made character tokenizer and a fake runtime with a known distribution.
-
-No model is loaded: the fake runtime gives each token a fixed probability, so every number the stage
-reports can be worked out by hand (see the comments).
+"""The eval stage's arithmetic (ta/eval/evaluate.py) on a character tokenizer and a fake runtime with a known
+distribution: every number the stage reports can be worked out by hand (see the comments). The runtimes
+themselves are tests/eval/test_runtimes.py; the stage on real artifacts is tests/e2e/test_eval_pipeline.py.
 """
 
+from __future__ import annotations
+
+import dataclasses
 import json
 import math
-import sys
+from pathlib import Path
 
 import pytest
 
-from stages import eval as eval_stage
-from stages.params import Eval
+from ta.config import load_params
+from ta.errors import GateFailed
+from ta.eval import evaluate
+from tests.helpers import REPO, char_tokenizer, write_params
 
-CHATML = (
-    "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 ALPHABET = "systemuserassistant\nqab12+34=7答案：作为AI语言模型"
+SHIPPED_EVAL = load_params(REPO / "params.yaml").eval
+
+
+def eval_params(**changes):
+    return dataclasses.replace(SHIPPED_EVAL, **changes)
 
 
 @pytest.fixture(scope="module")
 def tokenizer():
     """One token per character (BPE with no merges), ChatML specials, the Qwen2 template's layout."""
-    from tokenizers import Tokenizer, decoders, models
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {token: i for i, token in enumerate(SPECIALS + sorted(set(ALPHABET)))}
-    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    backend.decoder = decoders.Fuse()  # ids back to text without separators
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-        additional_special_tokens=["<|im_start|>"],
-    )
-    tok.chat_template = CHATML
-    return tok
-
-
-def scored_tokens(tokenizer, encoded):
-    return [tokenizer.convert_ids_to_tokens(i) for i, s in zip(encoded.ids, encoded.scored, strict=True) if s]
-
-
-def test_only_assistant_turns_are_scored(tokenizer):
-    messages = [
-        {"role": "system", "content": "s"},
-        {"role": "user", "content": "q"},
-        {"role": "assistant", "content": "ab"},
-    ]
-    encoded = eval_stage.encode_conversation(tokenizer, messages)
-    # the answer and its end-of-turn token; not the prompt, not the template's final newline
-    assert scored_tokens(tokenizer, encoded) == ["a", "b", "<|im_end|>"]
-    assert tokenizer.convert_ids_to_tokens(encoded.ids[-1]) == "\n"  # the template's last token, unscored
-
-
-def test_every_assistant_turn_of_a_dialogue_is_scored(tokenizer):
-    messages = [
-        {"role": "user", "content": "q"},
-        {"role": "assistant", "content": "a"},
-        {"role": "user", "content": "qq"},
-        {"role": "assistant", "content": "b"},
-    ]
-    encoded = eval_stage.encode_conversation(tokenizer, messages)
-    assert scored_tokens(tokenizer, encoded) == ["a", "<|im_end|>", "b", "<|im_end|>"]
-
-
-def test_prompt_ids_end_with_the_generation_prompt(tokenizer):
-    ids = eval_stage.encode_prompt(tokenizer, [{"role": "user", "content": "q"}])
-    assert tokenizer.convert_ids_to_tokens(ids)[-11:] == ["<|im_start|>", *"assistant", "\n"]
+    return char_tokenizer([ALPHABET])
 
 
 class FakeRuntime:
@@ -117,10 +76,10 @@ def write_held_out(root):
 def test_evaluate_reports_hand_computed_metrics(tokenizer, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     write_held_out(tmp_path)
-    params = Eval(max_samples=2, max_generations=2, max_new_tokens=5, sample_prompts=["q"])
-    held = eval_stage.load_held_out(tokenizer, params, system_prompt="s")
+    params = eval_params(max_samples=2, max_generations=2, max_new_tokens=5, sample_prompts=["q"])
+    held = evaluate.load_held_out(tokenizer, params, system_prompt="s")
     runtime = FakeRuntime(tokenizer, "答案：7")
-    result = eval_stage.evaluate(runtime, held, tokenizer, params, {0}, refusal_patterns=["答案"])
+    result = evaluate.evaluate(runtime, held, tokenizer, params, {0}, refusal_patterns=["答案"])
 
     # first two SFT rows (max_samples=2), 14 scored tokens: "12<|im_end|>" costs (1 + 2 + 1) ln 2;
     # "3+4=7\n答案：7<|im_end|>" costs 10 ln 10 + ln 2 -> perplexity = (2^5 * 10^10) ** (1/14)
@@ -134,7 +93,7 @@ def test_evaluate_reports_hand_computed_metrics(tokenizer, tmp_path, monkeypatch
     assert result.sample_answers == ["答案：7"]
     assert runtime.generate_calls == [(3, 5)]  # two task questions and one sample prompt, in one pass
 
-    eval_stage.write_outputs({"perplexity": {"fake": 2.0}}, {"fake": result}, held, params)
+    evaluate.write_outputs({"perplexity": {"fake": 2.0}}, {"fake": result}, held, params)
     samples = json.loads((tmp_path / "metrics/samples.json").read_text(encoding="utf-8"))
     assert samples["samples"] == [{"prompt": "q", "answers": {"fake": "答案：7"}}]
     assert [q["answers"]["fake"] for q in samples["task"]] == [
@@ -149,7 +108,7 @@ def test_evaluate_reports_hand_computed_metrics(tokenizer, tmp_path, monkeypatch
 
 def test_report_has_exactly_the_issue_key_paths():
     def result(ppl, task, pref, sums):
-        return eval_stage.ArtifactResult(ppl, {"task": task, "rouge_l": None, "exact_match": None}, sums, pref, 0.0)
+        return evaluate.ArtifactResult(ppl, {"task": task, "rouge_l": None, "exact_match": None}, sums, pref, 0.0)
 
     results = {
         "sft": result(10.0, 0.5, 0.5, [(-10.0, -9.0)]),
@@ -157,7 +116,7 @@ def test_report_has_exactly_the_issue_key_paths():
         "gguf_f16": result(8.0, 0.3, 0.5, []),
         "gguf_q4_k_m": result(8.4, 0.3, 0.5, []),
     }
-    report = eval_stage.build_report(results, {"gguf_f16": 4 * 2**20, "gguf_q4_k_m": 2**20})
+    report = evaluate.build_report(results, {"gguf_f16": 4 * 2**20, "gguf_q4_k_m": 2**20})
     assert set(report) == {"perplexity", "task", "preference_accuracy", "refusal_rate", "quantization"}
     assert report["perplexity"] == {"sft": 10.0, "dpo": 9.0, "gguf_f16": 8.0, "gguf_q4_k_m": 8.4}
     # dpo moved chosen +2 and rejected -1 relative to sft: implicit reward margin 3 > 0 -> 1.0
@@ -173,7 +132,7 @@ def test_report_has_exactly_the_issue_key_paths():
 def test_implicit_reward_accuracy_by_hand():
     # pair 1: (-5 - -6) - (-7 - -7) = 1 > 0; pair 2: (-5 - -4) - (-7 - -8) = -2 -> 1/2
     policy, reference = [(-5.0, -7.0), (-5.0, -7.0)], [(-6.0, -7.0), (-4.0, -8.0)]
-    assert eval_stage.implicit_reward_accuracy(policy, reference) == 0.5
+    assert evaluate.implicit_reward_accuracy(policy, reference) == 0.5
 
 
 def test_task_items_alternate_drill_and_open_questions():
@@ -181,75 +140,40 @@ def test_task_items_alternate_drill_and_open_questions():
         return {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": answer}]}
 
     rows = [row("open 1"), row("open 2"), row("x\n答案：1"), row("open 3"), row("y\n答案：2")]
-    refs = [item.reference for item in eval_stage.select_task_items(rows, 4)]
+    refs = [item.reference for item in evaluate.select_task_items(rows, 4)]
     assert refs == ["x\n答案：1", "open 1", "y\n答案：2", "open 2"]
 
 
 def test_samples_markdown_quotes_every_answer():
-    text = eval_stage.samples_markdown(["你好"], {"base": ["第一行\n第二行"], "sft": [""]}, max_new_tokens=8)
+    text = evaluate.samples_markdown(["你好"], {"base": ["第一行\n第二行"], "sft": [""]}, max_new_tokens=8)
     assert "## 1. 你好" in text
     assert "**base**\n\n> 第一行\n> 第二行" in text
     assert "**sft**\n\n> *(empty answer)*" in text
 
 
-def test_gates_warn_by_default_and_fail_when_asked(caplog):
+def test_gates_warn_by_default_and_fail_when_asked(caplog: pytest.LogCaptureFixture) -> None:
     report = {"task": {"sft": 0.5, "dpo": 0.3}, "quantization": {"q4_k_m_vs_f16_ppl_ratio": 1.0}}
-    eval_stage.apply_gates(report, Eval())  # warn: logs, does not raise
+    evaluate.apply_gates(report, eval_params(gate_action="warn"))  # warn: logs, does not raise
     assert "task.dpo = 0.3000 is 0.2000 below task.sft" in caplog.text
-    with pytest.raises(eval_stage.GateFailed, match="1 eval gate"):
-        eval_stage.apply_gates(report, Eval(gate_action="fail"))
+    with pytest.raises(GateFailed, match=r"^1 eval gate\(s\) failed \(eval.gate_action: fail\): gate eval.max_task"):
+        evaluate.apply_gates(report, eval_params(gate_action="fail"))
+    evaluate.apply_gates({"task": {"sft": 0.5, "dpo": 0.48}}, eval_params(gate_action="fail"))  # within limits
 
 
-def test_unknown_artifact_and_gate_action_are_params_errors():
-    with pytest.raises(eval_stage.EvalError, match="eval.artifacts: unknown artifact 'gguf_q8'"):
-        eval_stage.check_params(Eval(artifacts=["base", "gguf_q8"]))
-    with pytest.raises(eval_stage.EvalError, match="eval.gate_action: expected warn or fail"):
-        eval_stage.check_params(Eval(gate_action="block"))
+def test_main_names_the_missing_artifact_and_exits_2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from stages import eval as eval_stage
 
-
-def test_main_names_the_missing_artifact_and_exits_2(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "params.yaml").write_text("eval:\n  artifacts: [merged]\n")
-    monkeypatch.setattr(sys, "argv", ["stages.eval"])
-    assert eval_stage.main() == 2
-    err = capsys.readouterr().err
-    assert (
-        err.strip() == "error: models/merged: missing artifact 'merged'; run `dvc repro` or drop it from eval.artifacts"
+    write_params(tmp_path, eval={"artifacts": ["merged"]})
+    assert eval_stage.main([]) == 2
+    assert capsys.readouterr().err == (
+        "eval: error: models/merged: missing artifact 'merged'; run `dvc repro` or drop it from eval.artifacts\n"
     )
 
 
-@pytest.fixture(scope="module")
-def tiny_lm():
-    """A randomly initialised one-layer Qwen2: enough to check that batching changes no number."""
-    import torch
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    torch.manual_seed(0)
-    config = Qwen2Config(
-        vocab_size=32,
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=64,
-    )
-    return Qwen2ForCausalLM(config).eval()
-
-
-def test_padded_batches_score_like_single_sequences(tiny_lm):
-    sequences = [[5, 6, 7, 8, 9, 10], [11, 12], [13, 14, 15]]
-    batched = eval_stage.HFRuntime(tiny_lm, pad_id=0, batch_size=3).token_logprobs(sequences)
-    single = eval_stage.HFRuntime(tiny_lm, pad_id=0, batch_size=1).token_logprobs(sequences)
-    assert [len(lps) for lps in batched] == [5, 1, 2]  # one log-prob per predicted token
-    for b, s in zip(batched, single, strict=True):
-        assert b == pytest.approx(s, abs=1e-5)
-    assert all(lp < 0 for lps in batched for lp in lps)
-
-
-def test_left_padded_greedy_matches_one_prompt_at_a_time(tiny_lm):
-    prompts = [[5, 6, 7, 8], [9, 10]]
-    batched = eval_stage.HFRuntime(tiny_lm, pad_id=0, batch_size=2).greedy(prompts, 6, stop_ids={1})
-    single = eval_stage.HFRuntime(tiny_lm, pad_id=0, batch_size=1).greedy(prompts, 6, stop_ids={1})
-    assert batched == single
-    assert all(len(ids) <= 6 and 1 not in ids for ids in batched)
+def test_the_stop_tokens_are_the_turn_end_and_the_document_end() -> None:
+    tokenizer = char_tokenizer([ALPHABET])
+    vocab = tokenizer.get_vocab()
+    assert evaluate.stop_token_ids(tokenizer) == {vocab["<|im_end|>"], vocab["<|endoftext|>"]}

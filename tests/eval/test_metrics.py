@@ -1,10 +1,11 @@
-"""Metric functions against values worked out by hand (the comment beside each case shows the working)."""
+"""Metric functions (ta/eval/metrics.py) against values worked out by hand (the comment beside each case shows
+the working)."""
 
 import math
 
 import pytest
 
-from stages import metrics
+from ta.eval import metrics
 
 
 def test_perplexity_of_a_uniform_distribution_is_its_size():
