@@ -475,7 +475,7 @@ class Relay:
     chunk carrying the first piece of text has gone out, holds the rest back until `piece_seen` is set (the
     client's on_text does that) or `hold_s` passes. A client that streams hands that piece on while the rest
     is held; one that reads the whole answer first cannot: `held_in_vain` then says so. `held` says the
-    hold was reached at all (the answer had more than one piece)."""
+    gate was reached at all (more came after the first piece)."""
 
     FIRST_PIECE = re.compile(rb'"content":\s*"[^"]')
 
@@ -548,10 +548,10 @@ class Relay:
                     break
                 chunk = bytes(buffer[:whole])
                 del buffer[:whole]
-                if sent_piece and not self.piece_seen.is_set():
+                if sent_piece and not self.held_in_vain:  # the gate: nothing more until the first piece is out
                     self.held = True
                     if not self.piece_seen.wait(self.hold_s):
-                        self.held_in_vain = True
+                        self.held_in_vain = True  # waited once in vain: let the rest through
                 client.sendall(chunk)
                 sent_piece = sent_piece or bool(self.FIRST_PIECE.search(chunk))
 

@@ -1,81 +1,47 @@
-"""llama.cpp's OpenAI-compatible server on the q4_k_m GGUF, driven through serve/vllm_client.py.
-
-Needs the `q4_gguf` fixture (tests/conftest.py, session-scoped): a q4_k_m GGUF of the tiny model.
-"""
+"""llama.cpp's OpenAI-compatible server on the pipeline's q4_k_m GGUF (serve/llama_server.py): its command and
+environment, and the real server (the session's `llama_server`) serving the model as `ta-lora`."""
 
 from __future__ import annotations
 
-import socket
+import dataclasses
 import subprocess
 import sys
-from collections.abc import Iterator
+import threading
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import requests
 
-from serve.llama_server import server_command, server_env, wait_until_ready
-from serve.vllm import ServeError
+from serve.llama_server import gguf_chat_template, server_command, server_env
 from serve.vllm_client import ClientError, chat_completion
-from stages.params import Serve, load_params
+from ta.config import load_params
+from ta.errors import ServeError
+from tests.helpers import REPO, Relay, repo_env
 
-ROOT = Path(__file__).resolve().parents[1]
-API_KEY = "test-key-7f3a"
+PARAMS = load_params(REPO / "params.yaml")
 QUESTION = "什么是线性代数？"
 MAX_TOKENS = 256  # generous for the tiny model: a reply that hits it did not stop at the end token
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def server(q4_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Base URL (…/v1) of llama.cpp's server on a free 127.0.0.1 port, requiring API_KEY."""
-    port = free_port()
-    log_file = tmp_path_factory.mktemp("llama_server") / "server.log"
-    command = server_command(Serve(max_model_len=1024), q4_gguf, port)
-    with log_file.open("w") as log:
-        process = subprocess.Popen(command, env=server_env(API_KEY), stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-    base_url = f"http://127.0.0.1:{port}/v1"
-    try:
-        wait_until_ready(base_url, process, timeout=180, api_key=API_KEY)
-        yield base_url
-    except RuntimeError as err:
-        pytest.fail(f"{err}\n{log_file.read_text()[-3000:]}")
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def ask(base_url: str, **kwargs: object) -> object:
-    system = load_params(ROOT / "params.yaml").prepare.system_prompt
-    messages = [{"role": "system", "content": system}, {"role": "user", "content": QUESTION}]
+def ask(base_url: str, key: str, **kwargs: object):
+    messages = [{"role": "system", "content": PARAMS.prepare.system_prompt}, {"role": "user", "content": QUESTION}]
     return chat_completion(
-        base_url,
-        "ta-lora",
-        messages,
-        api_key=API_KEY,
-        temperature=0.0,
-        max_tokens=MAX_TOKENS,
-        timeout=120,
-        **kwargs,
+        base_url, "ta-lora", messages, api_key=key, temperature=0.0, max_tokens=MAX_TOKENS, timeout=120, **kwargs
     )
 
 
 def test_command_binds_loopback_and_uses_the_gguf_template() -> None:
-    argv = server_command(Serve(), Path("m.gguf"))
-    assert argv[1:3] == ["-m", "llama_cpp.server"]
+    argv = server_command(PARAMS.serve, Path("m.gguf"))
+    assert argv[:3] == [sys.executable, "-m", "llama_cpp.server"]
     assert argv[argv.index("--host") + 1] == "127.0.0.1"
+    assert argv[argv.index("--port") + 1] == str(PARAMS.serve.port)
     assert argv[argv.index("--model_alias") + 1] == "ta-lora"
     assert argv[argv.index("--chat_format") + 1] == "chat_template.default"
+    assert argv[argv.index("--n_ctx") + 1] == str(PARAMS.serve.max_model_len)
     assert "--api_key" not in argv  # the key travels in the environment, not in the process list
+    other = server_command(dataclasses.replace(PARAMS.serve, host="0.0.0.0"), Path("m.gguf"), port=9)
+    assert other[other.index("--host") + 1] == "0.0.0.0" and other[other.index("--port") + 1] == "9"
 
 
 def test_server_env_carries_key_and_drops_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -87,8 +53,7 @@ def test_server_env_carries_key_and_drops_overrides(monkeypatch: pytest.MonkeyPa
 
 
 def test_gguf_without_chat_template_is_refused(tmp_path: Path) -> None:
-    gguf = pytest.importorskip("gguf")
-    from serve.llama_server import gguf_chat_template
+    import gguf
 
     path = tmp_path / "no-template.gguf"
     writer = gguf.GGUFWriter(str(path), "qwen2")
@@ -98,56 +63,77 @@ def test_gguf_without_chat_template_is_refused(tmp_path: Path) -> None:
     writer.close()
     with pytest.raises(ServeError, match="no-template.gguf: no tokenizer.chat_template"):
         gguf_chat_template(path)
+    with pytest.raises(ServeError, match="absent.gguf: not found"):
+        gguf_chat_template(tmp_path / "absent.gguf")
 
 
-def test_served_under_the_lora_name(server: str) -> None:
-    models = requests.get(f"{server}/models", headers={"Authorization": f"Bearer {API_KEY}"}, timeout=10).json()
+def test_the_gguf_carries_the_merged_models_template(q4_gguf: Path, merged_dir: Path) -> None:
+    assert gguf_chat_template(q4_gguf) == (merged_dir / "chat_template.jinja").read_text(encoding="utf-8")
+
+
+def test_served_under_the_lora_name(llama_server: SimpleNamespace) -> None:
+    headers = {"Authorization": f"Bearer {llama_server.key}"}
+    models = requests.get(f"{llama_server.base_url}/models", headers=headers, timeout=10).json()
     assert [m["id"] for m in models["data"]] == ["ta-lora"]
 
 
-def test_api_key_is_required(server: str) -> None:
+def test_api_key_is_required(llama_server: SimpleNamespace) -> None:
     with pytest.raises(ClientError, match="401 unauthorized"):
-        chat_completion(server, "ta-lora", [{"role": "user", "content": "q"}], api_key=None, max_tokens=4)
+        chat_completion(llama_server.base_url, "ta-lora", [{"role": "user", "content": "q"}], max_tokens=4)
+    with pytest.raises(ClientError, match="401 unauthorized"):
+        chat_completion(llama_server.base_url, "ta-lora", [{"role": "user", "content": "q"}], api_key="wrong")
 
 
-def test_non_streaming_answer_stops_at_the_end_token(server: str) -> None:
-    reply = ask(server)
+def test_non_streaming_answer_stops_at_the_end_token(llama_server: SimpleNamespace) -> None:
+    reply = ask(llama_server.base_url, llama_server.key)
     assert reply.text.strip()
     assert reply.finish_reason == "stop"
     assert "<|im_end|>" not in reply.text and "<|im_start|>" not in reply.text
 
 
-def test_streaming_answer_arrives_in_pieces_and_stops(server: str) -> None:
+def test_streaming_hands_each_piece_on_as_it_arrives(llama_server: SimpleNamespace) -> None:
+    """Through a relay that holds the rest of the stream back until the first piece reached on_text: a client
+    that read the whole answer before handing out pieces would stall here."""
+    relay = Relay(llama_server.port, hold_after_first_piece=True)
     pieces: list[str] = []
-    reply = ask(server, stream=True, on_text=pieces.append)
-    assert len(pieces) > 1
-    assert "".join(pieces) == reply.text
+
+    def on_text(text: str) -> None:
+        pieces.append(text)
+        relay.piece_seen.set()
+
+    try:
+        reply = ask(relay.base_url, llama_server.key, stream=True, on_text=on_text)
+    finally:
+        relay.close()
+    assert relay.held and not relay.held_in_vain
+    assert len(pieces) > 1 and "".join(pieces) == reply.text
     assert reply.finish_reason == "stop"
+    assert reply.text == ask(llama_server.base_url, llama_server.key).text  # greedy: the same answer
 
 
-def test_client_script_streams_from_the_server(server: str) -> None:
-    env = {"PATH": "/usr/bin:/bin", "TA_API_KEY": API_KEY}
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "serve" / "vllm_client.py"),
-            "--prompt",
-            QUESTION,
-            "--base-url",
-            server,
-            "--stream",
-            "--temperature",
-            "0",
-            "--max-tokens",
-            str(MAX_TOKENS),
-        ],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        env=env,
-        cwd="/",
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip()
-    assert "finish_reason=length" not in result.stderr
+def test_client_script_prints_the_stream_as_it_arrives(llama_server: SimpleNamespace) -> None:
+    """`python serve/vllm_client.py --stream` from outside the repo: its stdout shows the first piece while the
+    relay still holds the rest."""
+    relay = Relay(llama_server.port, hold_after_first_piece=True)
+    env = {"PATH": "/usr/bin:/bin", "TA_API_KEY": llama_server.key, "PYTHONPATH": repo_env()["PYTHONPATH"]}
+    cmd = [sys.executable, str(REPO / "serve" / "vllm_client.py"), "--prompt", QUESTION, "--base-url", relay.base_url]
+    cmd += ["--stream", "--temperature", "0", "--max-tokens", str(MAX_TOKENS)]
+    process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd="/")
+    output = bytearray()
+
+    def read() -> None:
+        while chunk := process.stdout.read1(1024):  # type: ignore[union-attr]
+            output.extend(chunk)
+            if output.strip():
+                relay.piece_seen.set()
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        assert process.wait(timeout=180) == 0, process.stderr.read().decode()  # type: ignore[union-attr]
+        reader.join(timeout=10)
+    finally:
+        relay.close()
+    assert relay.held and not relay.held_in_vain
+    assert output.decode().strip()
+    assert b"finish_reason=length" not in process.stderr.read()  # type: ignore[union-attr]

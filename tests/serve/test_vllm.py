@@ -1,7 +1,9 @@
-"""vLLM command rendering: LoRA rank rounding, base model, host, API key handling, install hint."""
+"""The vLLM launch (serve/vllm.py): LoRA rank rounding, base model and revision, host, API key handling, the
+install hint. vLLM itself needs a GPU, so the command is checked against vLLM's documented constraints."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 from pathlib import Path
@@ -9,8 +11,16 @@ from pathlib import Path
 import pytest
 
 from serve import vllm
-from serve.vllm import ServeError, adapter_rank, max_lora_rank, vllm_command
-from stages.params import Serve
+from serve.vllm import adapter_rank, max_lora_rank, vllm_command
+from ta.config import Serve, load_params
+from ta.errors import ServeError
+from tests.helpers import REPO, write_params
+
+SHIPPED = load_params(REPO / "params.yaml").serve
+
+
+def serve_params(**changes: object) -> Serve:
+    return dataclasses.replace(SHIPPED, **changes)
 
 
 def make_inputs(tmp_path: Path, rank: int = 16, base: dict | None = None, **adapter: object) -> tuple[Serve, Path]:
@@ -20,7 +30,7 @@ def make_inputs(tmp_path: Path, rank: int = 16, base: dict | None = None, **adap
     (adapter_dir / "adapter_config.json").write_text(json.dumps(config))
     base_json = tmp_path / "base.json"
     base_json.write_text(json.dumps(base or {"model": "tiny", "revision": "abc123", "path": "models/base"}))
-    return Serve(adapter_dir=str(adapter_dir)), base_json
+    return serve_params(adapter_dir=str(adapter_dir)), base_json
 
 
 def flag(argv: list[str], name: str) -> str:
@@ -66,18 +76,17 @@ def test_hub_base_is_pinned_to_its_revision(tmp_path: Path) -> None:
 
 def test_bad_dtype_and_missing_adapter_are_errors(tmp_path: Path) -> None:
     params, base_json = make_inputs(tmp_path)
-    params.dtype = "fp8"
     with pytest.raises(ServeError, match="serve.dtype: 'fp8'"):
-        vllm_command(params, base_json)
+        vllm_command(dataclasses.replace(params, dtype="fp8"), base_json)
     with pytest.raises(ServeError, match="nowhere/adapter_config.json: not found"):
-        vllm_command(Serve(adapter_dir="nowhere"), base_json)
+        vllm_command(serve_params(adapter_dir="nowhere"), base_json)
 
 
 @pytest.fixture
 def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A working dir with params.yaml pointing serve at a rank-16 adapter; TA_API_KEY unset."""
     make_inputs(tmp_path, rank=16)
-    (tmp_path / "params.yaml").write_text("serve:\n  adapter_dir: models/dpo\n")
+    write_params(tmp_path, serve={"adapter_dir": "models/dpo"})
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("TA_API_KEY", raising=False)
     return tmp_path
@@ -94,12 +103,12 @@ def test_dry_run_takes_api_key_from_env_and_masks_it(project: Path, monkeypatch,
 
 def test_api_key_goes_into_the_real_command(project: Path, monkeypatch) -> None:
     monkeypatch.setenv("TA_API_KEY", "s3cret-value")
-    params = Serve(adapter_dir="models/dpo")
+    params = serve_params(adapter_dir="models/dpo")
     assert flag(vllm_command(params, Path("base.json"), vllm.api_key_from_env(params)), "--api-key") == "s3cret-value"
 
 
 def test_public_host_without_api_key_is_refused(project: Path, capsys) -> None:
-    (project / "params.yaml").write_text("serve:\n  adapter_dir: models/dpo\n  host: 0.0.0.0\n")
+    write_params(project, serve={"adapter_dir": "models/dpo", "host": "0.0.0.0"})
     assert vllm.main(["--dry-run", "--base-json", "base.json"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1
