@@ -1,4 +1,5 @@
-"""The prepare benchmark keeps working (its figures go to BENCHMARKS.md; none are asserted here)."""
+"""The prepare benchmark (bench/bench_prepare.py) keeps working: a smoke run on 2,500 generated rows (its figures
+go to BENCHMARKS.md; none are asserted here)."""
 
 from __future__ import annotations
 
@@ -7,13 +8,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import REPO, repo_env
 
 
-def test_prepare_benchmark_reports_every_generated_row(pipeline_repo: Path) -> None:
+def test_prepare_benchmark_reports_every_generated_row(reduced_repo: Path) -> None:
     result = subprocess.run(
-        [sys.executable, str(ROOT / "bench/bench_prepare.py"), "--rows", "2500", "--num-proc", "2"],
-        cwd=pipeline_repo,
+        [sys.executable, str(REPO / "bench/bench_prepare.py"), "--rows", "2500", "--num-proc", "2"],
+        cwd=reduced_repo,
+        env=repo_env(),
         capture_output=True,
         text=True,
         timeout=600,

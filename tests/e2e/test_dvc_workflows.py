@@ -1,5 +1,5 @@
 """DVC experiments as a user types them, on a clone of the pipeline repo holding a finished `dvc repro`
-(conftest's `pipeline_repo`; the clone shares its cache through links, see test_remote.clone_with_results).
+(conftest's `pipeline_repo`; the clone shares its cache through links, see tests.helpers.clone_with_results).
 
 - `dvc exp run -S lr=1e-4` reruns sft and everything after it, never base or prepare, and the
   experiment shows up in `dvc exp show --json` with lr beside its metrics; `exp diff`, `exp branch`
@@ -22,10 +22,9 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import BIN, run
-from test_remote import assert_status_clean, clone_with_results
 
-DVC = str(BIN / "dvc")
+from tests.helpers import DVC, REPO, assert_status_clean, clone_with_results, ran_stages, run
+
 AFTER_SFT = ["sft", "dpo", "merge", "gguf", "quantize", "eval"]
 
 
@@ -35,10 +34,6 @@ def lock_outs(repo: Path) -> dict[str, dict[str, str]]:
     return {
         name: {o["path"]: o.get("md5", "") for o in stage.get("outs", [])} for name, stage in lock["stages"].items()
     }
-
-
-def ran_stages(output: str) -> list[str]:
-    return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")]
 
 
 def experiments(repo: Path) -> list[dict[str, Any]]:
@@ -109,7 +104,7 @@ USEFUL_COLUMNS = (
 
 def test_exp_show_useful_columns(lr_experiment: tuple[Path, dict, dict, str]) -> None:
     repo = lr_experiment[0]
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
     assert f"--keep '{USEFUL_COLUMNS}'" in readme
     shown = run([DVC, "exp", "show", "--csv", "--drop", ".*", "--keep", USEFUL_COLUMNS], cwd=repo).stdout
     rows = list(csv.DictReader(io.StringIO(shown)))

@@ -11,12 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import BIN, run
-from tests.test_remote import clone_with_results
+from tests.helpers import DVC, clone_with_results, run
 
-pytestmark = pytest.mark.slow
-
-DVC = str(BIN / "dvc")
 SHORT = ["-S", "sft.max_steps=6", "-S", "sft.eval_steps=6", "-S", "sft.save_steps=6", "-S", "dpo.max_steps=4"]
 
 

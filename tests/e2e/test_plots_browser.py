@@ -22,7 +22,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import BIN, run
+
+from tests.helpers import DVC, run
 
 # Marks the template's hook writes into the page once every vegaEmbed call settled.
 STATUS_ID = "ta-render-status"
@@ -171,7 +172,7 @@ def rendered_plots(pipeline_repo: Path, tmp_path_factory: pytest.TempPathFactory
     work = tmp_path_factory.mktemp("plots")
     template = offline_template(work / "template.html")
     run(
-        [str(BIN / "dvc"), "plots", "show", "--html-template", str(template), "-o", str(work / "html")],
+        [DVC, "plots", "show", "--html-template", str(template), "-o", str(work / "html")],
         cwd=pipeline_repo,
     )
     page = work / "html" / "index.html"

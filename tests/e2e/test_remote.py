@@ -25,10 +25,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import BIN, run, tracked_files
 
-DVC = str(BIN / "dvc")
-GIT = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
+from tests.helpers import DVC, REPO, assert_status_clean, clone_with_results, commit_all, free_port, run
+
 # What a colleague needs after a pull: every checkpoint and both GGUFs.
 MUST_ARRIVE = (
     "models/base/model.safetensors",
@@ -50,33 +49,9 @@ def file_hashes(root: Path, under: str) -> dict[str, str]:
     return hashes
 
 
-def assert_status_clean(repo: Path) -> None:
-    out = run([DVC, "status"], cwd=repo).stdout
-    assert out.strip() == "Data and pipelines are up to date.", f"dvc status in {repo}:\n{out}"
-
-
 def assert_remote_in_sync(repo: Path, remote: str) -> None:
     out = run([DVC, "status", "--cloud", "--remote", remote], cwd=repo).stdout
     assert out.strip() == f"Cache and remote '{remote}' are in sync.", f"dvc status --cloud in {repo}:\n{out}"
-
-
-def clone_with_results(pipeline_repo: Path, clone: Path) -> Path:
-    """A git clone of the pipeline repo with what `dvc repro` produced committed (dvc.lock, metrics,
-    dvclive), as a user does after a run. It shares the pipeline's DVC cache, linked rather than copied
-    (cache.type hardlink,symlink: what the README advises for multi-GB checkpoints)."""
-    run(["git", "clone", "-q", str(pipeline_repo), str(clone)], cwd=clone.parent)
-    for rel in tracked_files(clone):  # the workspace becomes the pipeline's: changed, new and deleted files
-        (clone / rel).unlink()
-    for rel in tracked_files(pipeline_repo):
-        (clone / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(pipeline_repo / rel, clone / rel)
-    run(["git", "add", "-A"], cwd=clone)
-    run([*GIT, "commit", "-q", "-m", "dvc repro results"], cwd=clone)
-    run([DVC, "cache", "dir", "--local", str(pipeline_repo / ".dvc" / "cache")], cwd=clone)
-    run([DVC, "config", "--local", "cache.type", "hardlink,symlink"], cwd=clone)
-    run([DVC, "checkout", "-q"], cwd=clone)
-    assert_status_clean(clone)
-    return clone
 
 
 @pytest.fixture(scope="module")
@@ -128,11 +103,6 @@ def committed_config(repo: Path) -> str:
     return run(["git", "show", "HEAD:.dvc/config"], cwd=repo).stdout
 
 
-def commit_all(repo: Path, message: str) -> None:
-    run(["git", "add", "-A"], cwd=repo)
-    run([*GIT, "commit", "-q", "-m", message], cwd=repo)
-
-
 def test_local_remote_round_trip(results_clone: Path, tmp_path: Path) -> None:
     store = tmp_path / "nas" / "teachingassistant"
     run([DVC, "remote", "add", "nas", str(store)], cwd=results_clone)
@@ -147,12 +117,6 @@ class SshServer:
     port: int
     user: str
     key: Path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def sshd_binary() -> str:
@@ -245,8 +209,6 @@ def test_ssh_remote_round_trip(results_clone: Path, sshd: SshServer, tmp_path: P
 
 
 def test_committed_project_config_holds_no_secret() -> None:
-    from conftest import REPO
-
     config = (REPO / ".dvc" / "config").read_text(encoding="utf-8")
     assert not any(word in config.lower() for word in SECRET_WORDS), f".dvc/config:\n{config}"
     ignored = subprocess.run(["git", "check-ignore", "-q", ".dvc/config.local"], cwd=REPO)

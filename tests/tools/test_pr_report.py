@@ -1,17 +1,15 @@
-"""`python -m stages.report` (`make report`) on a small temporary DVC repo with two commits: a metrics
+"""`python -m tools.pr_report` (`make report`) on a small temporary DVC repo with two commits: a metrics
 JSON, params.yaml and two plots, one of which changes. Runs the real git and DVC."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, repo_env, run
 
-GIT = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
+from tests.helpers import GIT, REPO, repo_env, run
 
 DVC_YAML = """\
 metrics:
@@ -67,10 +65,13 @@ def two_commits(tmp_path: Path) -> Path:
 
 
 def report(repo: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = repo_env()
-    env["PYTHONPATH"] = f"{REPO}{os.pathsep}{env.get('PYTHONPATH', '')}"
     return subprocess.run(
-        [sys.executable, "-m", "stages.report", *args], cwd=repo, env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "tools.pr_report", *args],
+        cwd=repo,
+        env=repo_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 
@@ -146,12 +147,13 @@ def test_report_unknown_revision_is_a_one_line_error(two_commits: Path) -> None:
 
 def test_pr_workflow_posts_this_report_through_cml() -> None:
     """The GitHub workflow runs the pipeline, then the same command as `make report`, then CML."""
+    assert "-m tools.pr_report" in (REPO / "Makefile").read_text(encoding="utf-8")
     import yaml
 
     workflow = yaml.safe_load((REPO / ".github/workflows/pr-report.yml").read_text(encoding="utf-8"))
     assert "pull_request" in workflow[True]  # YAML 1.1 reads the key `on` as True
     steps = " \n".join(step.get("run", "") for step in workflow["jobs"]["report"]["steps"])
-    assert steps.index(".venv/bin/dvc repro") < steps.index("-m stages.report") < steps.index("cml comment")
+    assert steps.index(".venv/bin/dvc repro") < steps.index("-m tools.pr_report") < steps.index("cml comment")
     assert "npm install -g @dvcorg/cml" in steps
     assert "--out report/report.md" in steps and "cml comment update --watermark-title" in steps
     assert workflow["permissions"]["pull-requests"] == "write"
