@@ -39,6 +39,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 # ------------------------------------------------------------------------------------- the full run
 
+# ~6 min on an idle 2-core machine; a shared one has taken 45. The limit only stops a hung run.
+PIPELINE_TIMEOUT_S = 3 * 3600
+
 
 @pytest.fixture(scope="session")
 def pipeline_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -49,7 +52,7 @@ def pipeline_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if os.environ.get("TA_PIPELINE_REPO"):
         return Path(os.environ["TA_PIPELINE_REPO"])
     repo = copy_repo(tmp_path_factory.mktemp("pipeline") / "repo")
-    run([DVC, "repro"], cwd=repo)
+    run([DVC, "repro"], cwd=repo, timeout=PIPELINE_TIMEOUT_S)
     return repo
 
 
@@ -111,7 +114,7 @@ def reduced_repo(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
         return request.getfixturevalue("pipeline_repo")
     repo = copy_repo(tmp_path_factory.mktemp("reduced") / "repo")
     apply_overrides(repo / "params.yaml", REDUCED_PARAMS)
-    run([DVC, "repro"], cwd=repo)
+    run([DVC, "repro"], cwd=repo, timeout=PIPELINE_TIMEOUT_S)
     return repo
 
 
