@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # System packages the test suite needs beyond Python, from Debian: OpenSSH's sshd (tests/e2e/test_remote.py
-# serves an SSH DVC remote on 127.0.0.1) and Chromium (tests/test_plots_browser.py renders
+# serves an SSH DVC remote on 127.0.0.1) and Chromium (tests/e2e/test_plots_browser.py renders
 # `dvc plots show`). Installs only what is missing; needs root (CI runs as root) or sudo.
 set -euo pipefail
 

@@ -233,8 +233,9 @@ class Sft:
 
     def check(self, where: str) -> None:
         if self.early_stopping_patience > 0 and (self.save_steps <= 0 or self.save_steps % self.eval_steps):
+            section = where.rpartition(": ")[2]  # `where` is "<file>: sft"
             raise ParamsError(
-                f"{where}.save_steps: {self.save_steps} must be a positive multiple of {where}.eval_steps "
+                f"{where}.save_steps: {self.save_steps} must be a positive multiple of {section}.eval_steps "
                 f"({self.eval_steps}) with early stopping on: the best checkpoint is kept and loaded at the end"
             )
 

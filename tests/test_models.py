@@ -1,14 +1,18 @@
-"""Helpers shared by the trainer stages: a trained adapter saves byte-stable."""
+"""Loading and saving the models the stages pass along (ta/models.py): a saved adapter is byte-stable whatever
+the interpreter's hash seed, tokenizer files travel as they are, the tokenizer is the one tokenizer.json
+defines."""
 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
-from test_sft import REPO
+import pytest
+
+from ta import models
+from tests.helpers import repo_env
 
 # Two layers of q, k, v, o, gate, up and down projections: what "all-linear" expands to.
 TINY_QWEN2 = dict(
@@ -28,7 +32,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from stages.models import save_model
+from ta.models import save_model
 
 torch.manual_seed(0)
 base = Qwen2ForCausalLM(Qwen2Config(**{TINY_QWEN2!r}))
@@ -40,10 +44,9 @@ save_model(model, Path(sys.argv[2]))
 
 def save_under_hash_seed(seed: int, out: Path) -> tuple[Path, Path]:
     """(PEFT's adapter dir, save_model's) from a new interpreter whose string hashes use `seed`."""
-    env = {**os.environ, "PYTHONHASHSEED": str(seed), "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
     peft_dir, ours_dir = out / f"peft-{seed}", out / f"ours-{seed}"
     cmd = [sys.executable, "-c", SAVE_BOTH_WAYS, str(peft_dir), str(ours_dir)]
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    result = subprocess.run(cmd, env=repo_env(PYTHONHASHSEED=str(seed)), capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     return peft_dir, ours_dir
 
@@ -76,3 +79,39 @@ def test_adapter_config_is_byte_identical_whatever_the_hash_seed(tmp_path: Path)
     saved, restored = load_file(str(ours_1 / "adapter_model.safetensors")), get_peft_model_state_dict(loaded)
     assert len(saved) == 2 * 2 * 7 and saved.keys() == restored.keys()
     assert all(torch.equal(saved[name], restored[name]) for name in saved)
+
+
+def test_tokenizer_files_are_copied_as_they_are(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    config = '{"add_bos_token": false, "added_tokens_decoder": {"3": {"content": "<|im_end|>"}}}'
+    (src / "tokenizer_config.json").write_text(config)
+    (src / "tokenizer.model").write_bytes(b"\x00sentencepiece\xff")
+    (src / "model.safetensors").write_bytes(b"weights")
+    models.copy_tokenizer_files(src, tmp_path / "dst")
+    assert sorted(p.name for p in (tmp_path / "dst").iterdir()) == ["tokenizer.model", "tokenizer_config.json"]
+    assert (tmp_path / "dst/tokenizer_config.json").read_text() == config
+    assert (tmp_path / "dst/tokenizer.model").read_bytes() == b"\x00sentencepiece\xff"
+
+
+def test_the_tokenizer_is_the_one_tokenizer_json_defines(tmp_path: Path) -> None:
+    """A SentencePiece-style tokenizer.json in a dir whose config says qwen2: loaded as it is (transformers'
+    AutoTokenizer would rebuild a byte-level Qwen2 tokenizer and change the ids)."""
+    from tests.helpers import build_tokenizer
+
+    tokenizer_dir = build_tokenizer("sentencepiece", tmp_path / "tok")
+    (tokenizer_dir / "config.json").write_text(json.dumps({"model_type": "qwen2"}))
+    from tokenizers import Tokenizer
+
+    tokenizer = models.load_tokenizer(tokenizer_dir)
+    text = "光合作用 is photosynthesis<|im_end|>"
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert ids == Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json")).encode(text, add_special_tokens=False).ids
+    assert tokenizer.convert_ids_to_tokens(ids)[0] == "▁光合作用"
+
+
+@pytest.mark.parametrize(("precision", "dtype"), [("fp32", "float32"), ("bf16", "bfloat16"), ("fp16", "float16")])
+def test_precision_names_map_to_torch_dtypes(precision: str, dtype: str) -> None:
+    import torch
+
+    assert models.torch_dtype(precision) is getattr(torch, dtype)

@@ -60,13 +60,19 @@ def read_hub(config: PrepareSource) -> Iterator[Record]:
     bounded memory); row i is reported as line i+1 of `<id>[<split>]`."""
     import datasets
 
-    dataset = datasets.load_dataset(
-        config.hub,
-        config.name or None,
-        split=config.split,
-        revision=config.revision or None,
-        data_files=config.data_files or None,
-    )
+    try:
+        dataset = datasets.load_dataset(
+            config.hub,
+            config.name or None,
+            split=config.split,
+            revision=config.revision or None,
+            data_files=config.data_files or None,
+        )
+    except (OSError, ValueError) as err:  # offline or unknown id (OSError), an unknown split or config (ValueError)
+        raise PrepareError(
+            f"{config.hub}: cannot load the dataset ({type(err).__name__}: {' '.join(str(err).split())}); "
+            "check the source's hub, name, split, data_files and revision, and the network"
+        ) from None
     label = f"{config.hub}[{config.split}]"
     for index, row in enumerate(dataset):
         yield Record(label, index + 1, row)

@@ -1,0 +1,103 @@
+"""Stage dpo (stages/dpo.py, ta/train/dpo.py) on a throwaway workspace whose SFT adapter has random weights (so
+the SFT model differs from the base). At step 1 the policy equals its reference, which fixes the first
+logged numbers by hand: rewards 0, sigmoid loss ln 2, IPO loss (1 / (2β))²."""
+
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+
+from stages import dpo
+from tests.helpers import run_module, set_params, tsv_steps, tsv_values
+
+PLOTS = Path("dvclive/dpo/plots/metrics")
+
+
+def first_value(tsv: Path) -> float:
+    return tsv_values(tsv)[0]
+
+
+def test_dpo_trains_the_sft_adapter_against_its_frozen_copy(dpo_training_workspace: Path) -> None:
+    from safetensors.torch import load_file
+
+    assert dpo.main([]) == 0
+    for name in ("chosen", "rejected", "margins", "accuracies"):
+        assert tsv_steps(PLOTS / f"rewards/{name}.tsv") == [1, 2]
+        assert tsv_steps(PLOTS / f"eval/rewards/{name}.tsv") == [2]
+    assert first_value(PLOTS / "rewards/margins.tsv") == pytest.approx(0.0, abs=1e-6)
+    assert first_value(PLOTS / "loss.tsv") == pytest.approx(math.log(2), abs=1e-4)
+    assert tsv_steps(PLOTS / "learning_rate.tsv") == [1, 2] and tsv_steps(PLOTS / "grad_norm.tsv") == [1, 2]
+
+    trained = load_file(str(dpo_training_workspace / "models/dpo/adapter_model.safetensors"))
+    sft = load_file(str(dpo_training_workspace / "models/sft/adapter_model.safetensors"))
+    assert set(trained) == set(sft)  # the "default" adapter only, no frozen "ref" copy saved
+    assert any(not trained[name].equal(sft[name]) for name in sft)
+    assert (dpo_training_workspace / "models/dpo/tokenizer.json").is_file()
+    assert not any((dpo_training_workspace / "checkpoints/dpo").iterdir())
+
+
+def test_ipo_loss_type_reaches_the_trainer(dpo_training_workspace: Path) -> None:
+    set_params(dpo_training_workspace, dpo={"loss_type": "ipo", "beta": 0.1, "max_steps": 1})
+    assert dpo.main([]) == 0
+    # IPO: (margin - 1/(2β))² with margin 0 at step 1 = (1/0.2)² = 25
+    assert first_value(PLOTS / "loss.tsv") == pytest.approx(25.0, abs=1e-3)
+
+
+def test_an_explicit_reference_model_replaces_the_sft_copy(dpo_training_workspace: Path) -> None:
+    # Against the base (not the SFT model) the policy's implicit rewards are not 0 at step 1.
+    set_params(dpo_training_workspace, dpo={"ref_model": "models/base", "max_steps": 1})
+    assert dpo.main([]) == 0
+    assert abs(first_value(PLOTS / "rewards/margins.tsv")) > 1e-4
+    assert first_value(PLOTS / "loss.tsv") != pytest.approx(math.log(2), abs=1e-4)
+
+
+def test_dpo_after_full_sft_trains_the_whole_model(dpo_training_workspace: Path) -> None:
+    shutil.rmtree(dpo_training_workspace / "models/sft")
+    shutil.copytree(dpo_training_workspace / "models/base", dpo_training_workspace / "models/sft")
+    set_params(dpo_training_workspace, dpo={"max_steps": 1})
+    assert dpo.main([]) == 0
+    assert (dpo_training_workspace / "models/dpo/model.safetensors").is_file()
+    assert not (dpo_training_workspace / "models/dpo/adapter_config.json").exists()
+    assert first_value(PLOTS / "loss.tsv") == pytest.approx(math.log(2), abs=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("dpo_params", "remove_sft", "message"),
+    [
+        (
+            {"ref_model": "models/nowhere"},
+            False,
+            "params.yaml: dpo.ref_model: models/nowhere: not a model or adapter directory",
+        ),
+        ({}, True, "models/sft: missing; run `dvc repro sft` first"),
+        ({"precision": "fp16"}, False, "params.yaml: dpo.precision: fp16 needs a GPU; use fp32 or bf16 on CPU"),
+    ],
+)
+def test_what_cannot_run_is_one_line_before_any_weight_loads(
+    dpo_workspace: Path, capsys: pytest.CaptureFixture[str], dpo_params: dict, remove_sft: bool, message: str
+) -> None:
+    import torch
+
+    if "fp16" in message and torch.cuda.is_available():
+        pytest.skip("fp16 runs where there is a GPU")
+    if remove_sft:
+        shutil.rmtree(dpo_workspace / "models/sft")
+    set_params(dpo_workspace, dpo=dpo_params)
+    assert dpo.main([]) == 2
+    assert capsys.readouterr().err == f"dpo: error: {message}\n"
+    assert not (dpo_workspace / "models/dpo").exists()
+
+
+def test_two_processes_train_under_deepspeed_zero2(dpo_training_workspace: Path) -> None:
+    set_params(dpo_training_workspace, dpo={"num_processes": 2, "max_steps": 2, "save_steps": 0})
+    result = run_module("stages.dpo", dpo_training_workspace)
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log[-3000:]
+    assert "--nproc_per_node=2" in log
+    assert "DeepSpeed ZeRO stage 2 over 2 process(es) (optimizer DeepSpeedZeroOptimizer, gloo backend)" in log
+    assert (dpo_training_workspace / "models/dpo/adapter_model.safetensors").is_file()
+    assert tsv_steps(dpo_training_workspace / PLOTS / "loss.tsv") == [1, 2]  # rank 0 alone logs
+    assert first_value(dpo_training_workspace / PLOTS / "loss.tsv") == pytest.approx(math.log(2), abs=1e-4)
