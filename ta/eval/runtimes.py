@@ -121,12 +121,12 @@ class HFRuntime:
 
 
 class LlamaCppRuntime:
-    """A GGUF file through llama.cpp, one sequence at a time, logits for every position."""
+    """A GGUF file through llama.cpp, one sequence at a time, logits for every position (of at most n_ctx)."""
 
     def __init__(self, path: Path, n_ctx: int, n_threads: int) -> None:
-        from llama_cpp import Llama
+        from ta.export.llama_cpp import open_gguf
 
-        self.llm = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=n_threads, logits_all=True, seed=0, verbose=False)
+        self.llm = open_gguf(path, n_ctx, n_threads, logits_all=True)
 
     def token_logprobs(self, sequences: list[list[int]]) -> list[list[float]]:
         result = []

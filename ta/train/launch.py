@@ -26,6 +26,12 @@ def rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
+def world_size(num_processes: int) -> int:
+    """Processes training together: the launcher's WORLD_SIZE inside a worker (all nodes), else the
+    `num_processes` this machine will start."""
+    return int(os.environ.get("WORLD_SIZE", num_processes))
+
+
 def launched() -> bool:
     """True inside a worker started by torchrun, deepspeed or accelerate."""
     return "LOCAL_RANK" in os.environ
@@ -47,7 +53,7 @@ def relaunch(module: str, num_processes: int) -> int:
 
 def zero_stage(num_processes: int, deepspeed_config: str) -> int:
     """The ZeRO stage a run trains with: 0 unless several processes run under a DeepSpeed config."""
-    if num_processes <= 1 or not deepspeed_config:
+    if world_size(num_processes) <= 1 or not deepspeed_config:
         return 0
     return int(json.loads(Path(deepspeed_config).read_text(encoding="utf-8"))["zero_optimization"]["stage"])
 
