@@ -43,10 +43,26 @@ def setup_logging() -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
 
+def local_command(module: str, num_processes: int) -> list[str]:
+    """`python -m module` as `num_processes` workers on this machine (torchrun, standalone rendezvous)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={num_processes}"]
+    return [*cmd, "--module", module]
+
+
+def node_command(module: str, num_processes: int, nnodes: int, endpoint: str, run_id: str = "ta") -> list[str]:
+    """What to start on each of `nnodes` machines for one run over all of them: torchrun's own multi-node
+    launch with a c10d rendezvous at `endpoint` (host:port of one of the machines). Every worker finds
+    RANK/LOCAL_RANK set and trains in place; global rank 0 writes the outputs."""
+    return [
+        *("torchrun", f"--nnodes={nnodes}", f"--nproc_per_node={num_processes}"),
+        *("--rdzv_backend=c10d", f"--rdzv_endpoint={endpoint}", f"--rdzv_id={run_id}"),
+        *("--module", module),
+    ]
+
+
 def relaunch(module: str, num_processes: int) -> int:
     """Run `python -m module` as `num_processes` workers on this machine; return the launcher's exit code."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={num_processes}"]
-    cmd += ["--module", module]
+    cmd = local_command(module, num_processes)
     log.info("launching %d processes: %s", num_processes, " ".join(cmd))
     return subprocess.run(cmd).returncode
 
@@ -68,8 +84,10 @@ def check_deepspeed(section: str, num_processes: int, deepspeed_config: str) -> 
 
 
 def engine_report() -> Any:
-    """A trainer callback that logs, on rank 0 as training starts, which engine really runs it: e.g.
-    "DeepSpeed ZeRO stage 2 over 2 processes (optimizer DeepSpeedZeroOptimizer, gloo backend)"."""
+    """A trainer callback that logs, on rank 0, which engine really runs the training as it starts, e.g.
+    "DeepSpeed ZeRO stage 2 over 2 processes (optimizer DeepSpeedZeroOptimizer, gloo backend)", and as it
+    ends the throughput and, on a GPU, the peak memory (logs only: timings never go into tracked outputs)."""
+    import torch
     import torch.distributed as dist
     from transformers import TrainerCallback
 
@@ -81,5 +99,16 @@ def engine_report() -> Any:
             engine = f"DeepSpeed ZeRO stage {args.deepspeed_plugin.zero_stage}" if args.deepspeed_plugin else "Trainer"
             inner = getattr(optimizer, "optimizer", optimizer)  # accelerate wraps DeepSpeed's optimizer
             log.info("%s over %d process(es) (optimizer %s%s)", engine, args.world_size, type(inner).__name__, backend)
+
+        def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if not state.is_world_process_zero:
+                return
+            runtime = next((e["train_runtime"] for e in reversed(state.log_history) if "train_runtime" in e), 0)
+            tokens = next((e["num_tokens"] for e in reversed(state.log_history) if "num_tokens" in e), 0)
+            if runtime and tokens:
+                log.info("throughput: %d tokens in %.1f s, %.0f tokens/s", tokens, runtime, tokens / runtime)
+            if torch.cuda.is_available():
+                peak, reserved = torch.cuda.max_memory_allocated() / 2**30, torch.cuda.max_memory_reserved() / 2**30
+                log.info("peak GPU memory on rank 0: %.2f GiB allocated, %.2f GiB reserved", peak, reserved)
 
     return EngineReport()

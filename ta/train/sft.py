@@ -57,24 +57,24 @@ def check_memory(params: Sft, ref: BaseModelRef) -> None:
         available = torch.cuda.get_device_properties(0).total_memory / memory.GIB
     else:
         return  # CPU training: host memory is not what this estimates
-    need, breakdown = estimate_memory(params, ref)
+    config = json.loads((paths.BASE_DIR / "config.json").read_text(encoding="utf-8"))  # there for every model
+    shape, run = memory.ModelShape.from_config(ref.name_or_path, config), memory_run(params)
+    need = memory.peak_gib(shape, run)
     log.info("estimated peak GPU memory %.1f GiB per GPU of %.1f GiB", need, available)
     if need > available:
         raise ParamsError(
             f"params.yaml: sft: estimated peak GPU memory {need:.1f} GiB per GPU exceeds the {available:.1f} GiB "
-            f"available ({breakdown.splitlines()[0]}); try sft.method: qlora, "
+            f"available ({memory.breakdown(shape, run).splitlines()[0]}); try sft.method: qlora, "
             "sft.gradient_checkpointing: true, a smaller sft.per_device_train_batch_size or max_seq_len, "
             "or more sft.num_processes with ZeRO (see `python -m tools.estimate --help`)"
         )
 
 
-def estimate_memory(params: Sft, ref: BaseModelRef, base_dir: Path = paths.BASE_DIR) -> tuple[float, str]:
-    """Peak GPU memory per GPU (GiB) and its breakdown, from the base's config.json (always in models/base)."""
+def memory_run(params: Sft) -> Any:
+    """The knobs of this run that the memory estimate (ta/train/memory.py) depends on."""
     from ta.train import memory
 
-    config = json.loads((base_dir / "config.json").read_text(encoding="utf-8"))
-    shape = memory.ModelShape.from_config(ref.name_or_path, config)
-    run = memory.Run(
+    return memory.Run(
         method=params.method,
         precision=resolve_precision(params.precision),
         seq_len=params.max_seq_len,
@@ -86,7 +86,6 @@ def estimate_memory(params: Sft, ref: BaseModelRef, base_dir: Path = paths.BASE_
         lora_dropout=params.lora.dropout,
         lora_targets=params.lora.target_modules,
     )
-    return memory.peak_gib(shape, run), memory.breakdown(shape, run)
 
 
 def fingerprint(params: Sft, lr: float) -> dict[str, Any]:
