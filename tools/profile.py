@@ -93,7 +93,10 @@ def validated_params(profile: dict[str, Any], params_file: Path = paths.PARAMS_F
     with tempfile.TemporaryDirectory() as tmp:
         merged_file = Path(tmp) / "params.yaml"
         merged_file.write_text(yaml.safe_dump(applied(params, profile), allow_unicode=True), encoding="utf-8")
-        return load_params(merged_file)
+        try:
+            return load_params(merged_file)
+        except ParamsError as err:
+            raise ParamsError(str(err).replace(str(merged_file), f"{params_file} with the profile")) from None
 
 
 def memory_lines(params: Any) -> list[str]:
