@@ -155,10 +155,10 @@ def launch_lines(params: Any) -> list[str]:
         section = getattr(params, stage)
         zero = launch.zero_stage(section.num_processes, section.deepspeed_config)
         one = launch.local_command(f"stages.{stage}", section.num_processes)
-        many = launch.node_command(f"stages.{stage}", section.num_processes, 2, "<host of node 0>:29500")
+        many = launch.node_command(f"stages.{stage}", section.num_processes, 2, "R", "<host of machine 0>:29500")
         lines.append(f"{stage}: {section.num_processes} processes per machine, DeepSpeed ZeRO stage {zero}")
-        lines.append(f"  one machine (dvc repro runs it):  {' '.join(one)}")
-        lines.append(f"  each of 2 machines:               {' '.join(many)}")
+        lines.append(f"  one machine (dvc repro runs it): {' '.join(one)}")
+        lines.append(f"  machine R (0, 1) of 2:           {' '.join(many)}")
     return lines
 
 

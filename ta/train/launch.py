@@ -49,14 +49,14 @@ def local_command(module: str, num_processes: int) -> list[str]:
     return [*cmd, "--module", module]
 
 
-def node_command(module: str, num_processes: int, nnodes: int, endpoint: str, run_id: str = "ta") -> list[str]:
-    """What to start on each of `nnodes` machines for one run over all of them: torchrun's own multi-node
-    launch with a c10d rendezvous at `endpoint` (host:port of one of the machines). Every worker finds
-    RANK/LOCAL_RANK set and trains in place; global rank 0 writes the outputs."""
+def node_command(module: str, num_processes: int, nnodes: int, node_rank: int | str, master: str) -> list[str]:
+    """What to start on machine `node_rank` of `nnodes` for one run over all of them: torchrun's own multi-node
+    launch, rendezvous at `master` (host:port of machine 0). Every worker finds RANK/LOCAL_RANK set and trains
+    in place; global rank 0, on machine 0, writes the outputs (the machine to `dvc commit` on)."""
+    host, _, port = master.rpartition(":")
     return [
-        *("torchrun", f"--nnodes={nnodes}", f"--nproc_per_node={num_processes}"),
-        *("--rdzv_backend=c10d", f"--rdzv_endpoint={endpoint}", f"--rdzv_id={run_id}"),
-        *("--module", module),
+        *("torchrun", f"--nnodes={nnodes}", f"--node_rank={node_rank}", f"--nproc_per_node={num_processes}"),
+        *(f"--master_addr={host}", f"--master_port={port}", "--module", module),
     ]
 
 
