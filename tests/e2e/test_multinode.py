@@ -87,9 +87,8 @@ def machines(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
             params[section][key] = {**params[section][key], **value} if isinstance(value, dict) else value
     (first / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True, sort_keys=False), encoding="utf-8")
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com"]
-    for cmd in (
+    for cmd in (  # .dvc/ is tracked: no dvc init
         ["git", "init", "-q"],
-        [str(BIN / "dvc"), "init", "-q"],
         ["git", "add", "-A"],
         [*git, "commit", "-qm", "x"],
     ):

@@ -122,11 +122,13 @@ def qwen_repo(tmp_path_factory: pytest.TempPathFactory, qwen_dir: Path) -> Path:
     return repo
 
 
-@pytest.fixture()
-def in_repo(qwen_repo: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Run in the repository, as a user's tool would (models/base is relative)."""
-    monkeypatch.chdir(qwen_repo)
-    return qwen_repo
+@pytest.fixture(params=["tiny", "qwen2.5-shaped"])
+def artifacts_repo(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The tiny pipeline's run (conftest's pipeline_repo) or the Qwen2.5-shaped one, as the working directory of
+    a user's tool (adapters name their base as the relative models/base)."""
+    repo = request.getfixturevalue("pipeline_repo" if request.param == "tiny" else "qwen_repo")
+    monkeypatch.chdir(repo)
+    return repo
 
 
 def read_json(path: Path) -> dict:
@@ -221,7 +223,7 @@ def test_eval_scores_all_six_artifacts(qwen_repo: Path) -> None:
     assert abs(report["perplexity"]["dpo"] - merged) / merged < 0.01
 
 
-def test_artifacts_load_the_standard_way(in_repo: Path) -> None:
+def test_artifacts_load_the_standard_way(artifacts_repo: Path) -> None:
     """What vLLM, TRL and lm-eval do — plain AutoTokenizer / AutoModelForCausalLM on the artifact dirs — gives
     the ids of the project's loader and of the GGUF, the same chat template, and the same model."""
     import torch
@@ -232,7 +234,7 @@ def test_artifacts_load_the_standard_way(in_repo: Path) -> None:
     from ta.models import load_adapter_model, load_tokenizer
 
     gguf = Llama("models/gguf/teachingassistant-f16.gguf", vocab_only=True, verbose=False)
-    template = read_json(in_repo / "models/base/tokenizer_config.json")["chat_template"]
+    template = load_tokenizer("models/base").chat_template
     conversation = [
         {"role": "system", "content": "你是教学助手。"},
         {"role": "user", "content": "你好！1+1 等于几？"},
@@ -240,7 +242,8 @@ def test_artifacts_load_the_standard_way(in_repo: Path) -> None:
     ]
     texts = ["你好", "emoji 🙂 and 龘, 3.14159!", "<|im_start|>user\nhi<|im_end|>\n<|endoftext|>"]
     for artifact in ("models/base", "models/sft", "models/dpo", "models/merged"):
-        outside, ours = AutoTokenizer.from_pretrained(artifact), load_tokenizer(artifact)
+        outside = AutoTokenizer.from_pretrained(artifact, trust_remote_code=False)  # as vLLM passes it
+        ours = load_tokenizer(artifact)
         assert outside.chat_template == template, artifact
         rendered = outside.apply_chat_template(conversation, tokenize=False)
         assert rendered == ours.apply_chat_template(conversation, tokenize=False)
@@ -257,7 +260,7 @@ def test_artifacts_load_the_standard_way(in_repo: Path) -> None:
         merged = AutoModelForCausalLM.from_pretrained("models/merged", dtype=torch.float32)(ids).logits
     assert torch.equal(adapter_outside, adapter_ours)
     scale = adapter_ours.std().item()
-    assert (merged - adapter_ours).abs().max().item() < 0.1 * scale  # merged in bf16: rounding only
+    assert (merged - adapter_ours).abs().max().item() < 0.1 * scale  # merged in bf16 (Qwen) or fp32: rounding only
 
 
 def test_pins_are_portable_after_a_dvc_pull_elsewhere(qwen_repo: Path, qwen_dir: Path, tmp_path: Path) -> None:
@@ -288,12 +291,13 @@ def test_pins_are_portable_after_a_dvc_pull_elsewhere(qwen_repo: Path, qwen_dir:
 
 @pytest.mark.parametrize("method", ["qlora", "full"])
 def test_qlora_and_full_fine_tuning_train_on_it(qwen_repo: Path, method: str) -> None:
-    """The other two methods through sft and dpo (the stages after them are the lora run's)."""
-    run([DVC, "exp", "run", "-S", f"sft.method={method}", "dpo"], qwen_repo)
+    """The other two methods through sft and dpo, one step each (the stages after them are the lora run's)."""
+    steps = ["-S", "sft.max_steps=1", "-S", "sft.eval_steps=1", "-S", "dpo.max_steps=1", "-S", "dpo.eval_steps=1"]
+    run([DVC, "exp", "run", "-S", f"sft.method={method}", *steps, "dpo"], qwen_repo)
     sft_dir, dpo_dir = qwen_repo / "models/sft", qwen_repo / "models/dpo"
     if method == "full":
         assert read_json(sft_dir / "config.json")["architectures"] == ["Qwen2ForCausalLM"]
         assert (dpo_dir / "config.json").is_file() and not (dpo_dir / "adapter_config.json").exists()
     else:
         assert (sft_dir / "adapter_config.json").is_file() and (dpo_dir / "adapter_config.json").is_file()
-    assert read_json(qwen_repo / "dvclive/dpo/metrics.json")["step"] == 2
+    assert read_json(qwen_repo / "dvclive/dpo/metrics.json")["step"] == 1
