@@ -26,7 +26,7 @@ from ta.models import (
     save_model,
     torch_dtype,
 )
-from ta.train import checkpoints, launch
+from ta.train import checkpoints, launch, memory
 from ta.train.args import check_precision, shared_trainer_args
 
 log = logging.getLogger("sft")
@@ -49,8 +49,6 @@ def check_memory(params: Sft, ref: BaseModelRef) -> None:
     """Fail fast when the estimated peak memory exceeds the GPUs' (sft.gpu_memory_gb, or the detected GPU's)."""
     import torch
 
-    from ta.train import memory
-
     if params.gpu_memory_gb > 0:
         available = params.gpu_memory_gb
     elif torch.cuda.is_available():
@@ -70,10 +68,8 @@ def check_memory(params: Sft, ref: BaseModelRef) -> None:
         )
 
 
-def memory_run(params: Sft) -> Any:
+def memory_run(params: Sft) -> memory.Run:
     """The knobs of this run that the memory estimate (ta/train/memory.py) depends on."""
-    from ta.train import memory
-
     return memory.Run(
         method=params.method,
         precision=resolve_precision(params.precision),
