@@ -107,6 +107,11 @@ def check_parity(model_dir: Path, gguf_file: Path, probe_file: Path, params: Ggu
     from ta.export.llama_cpp import open_gguf
     from ta.models import load_tokenizer
 
+    if not any((model_dir / name).is_file() for name in ("tokenizer.json", "tokenizer.model", "vocab.json")):
+        raise ParityError(
+            f"{model_dir}: no tokenizer files (tokenizer.json, tokenizer.model or vocab.json); token parity needs "
+            "the tokenizer the model was saved with (merge copies it beside the weights)"
+        )
     tokenizer = load_tokenizer(model_dir)
     texts = probe_texts(tokenizer, probe_file, params.parity_samples)
     ids = tokenizer(texts[0], add_special_tokens=False)["input_ids"][: params.parity_max_tokens]
