@@ -1,5 +1,6 @@
-# Entry points: `make run` (install, then the whole pipeline on the embedded default), `make test` (install
-# what the tests need, then lint and the fast tier), `make test-all` (everything; what CI runs). Everything
+# Entry points: `make run` (install, then the whole pipeline on the embedded default), `make real` (the guide's
+# Qwen2.5-7B run on GPUs, profiles/qwen2.5-7b-guide.yaml), `make test` (install what the tests need, then lint
+# and the fast tier), `make test-all` (everything; what CI runs). Everything
 # goes into a project virtual environment, .venv/ — `source .venv/bin/activate` before running dvc yourself:
 # the stages' commands call `python`, which must be the venv's.
 
@@ -11,13 +12,20 @@ SDIST_DIR := $(VENV)/sdist
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 PYTEST_ARGS ?=
+PROFILE ?= profiles/qwen2.5-7b-guide.yaml
 
-.PHONY: run test test-all install install-test services lint report clean-venv
+.PHONY: run real test test-all install install-test services lint report clean-venv
 
 export PATH := $(abspath $(BIN)):$(PATH)
 
 run: $(STAMP)
 	dvc repro
+
+# The guide's real run (Qwen2.5-7B-Instruct, LoRA on 4 GPUs under ZeRO-2, DPO, export, eval) as one experiment:
+# `dvc exp run -S ...` with every value of $(PROFILE). Check a profile anywhere first (no GPU, no download):
+# python -m tools.profile check $(PROFILE). docs/real-models.md has the memory per stage and the multi-node launch.
+real: $(STAMP)
+	python -m tools.profile run $(PROFILE)
 
 # The fast tier: unit tests and one reduced pipeline run (tests marked `pipeline` are left to test-all).
 test: $(STAMP) $(TEST_STAMP) services lint

@@ -1,8 +1,8 @@
 """Render and run vLLM's OpenAI-compatible server: the base model plus our LoRA adapter, unmerged (guide 4.1).
 
-Reads models/base/base.json (which base model: its local "path", else the hub "model" at its pinned
-"revision"), <serve.adapter_dir>/adapter_config.json (the LoRA rank) and the `serve` params. The API key
-comes from the environment variable named by `serve.api_key_env`, never from params or git.
+Reads models/base/base.json (which base model: models/base itself for tiny and local models, else the hub
+"model" at its pinned "revision"), <serve.adapter_dir>/adapter_config.json (the LoRA rank) and the `serve`
+params. The API key comes from the environment variable named by `serve.api_key_env`, never from params or git.
 
     python -m serve.vllm --dry-run     # print the command (API key masked)
     python -m serve.vllm               # run it (needs a GPU and `pip install -r requirements-gpu.txt`)
@@ -35,15 +35,19 @@ MASK = "****"
 
 
 def base_model(base_json: Path) -> tuple[str, str | None]:
-    """(model, revision): the base stage's local snapshot if it has one, else the hub id at its revision."""
+    """(model, revision): the directory base.json sits in when the weights are there (tiny, a local model:
+    models/base, after `dvc pull` on any machine), else the hub id at its pinned commit."""
+    from ta.base_model import read_base_info
+    from ta.errors import MissingInputError
+
     try:
-        info = json.loads(base_json.read_text(encoding="utf-8"))
-    except FileNotFoundError as err:
-        raise ServeError(f"{base_json}: not found (run `dvc repro base` first)") from err
-    if info.get("path"):
-        return str(info["path"]), None
+        info = read_base_info(base_json)
+    except MissingInputError as err:
+        raise ServeError(str(err)) from None
+    if info["source"] != "hub":
+        return str(base_json.parent), None
     if not info.get("model"):
-        raise ServeError(f'{base_json}: field "model" is missing (and there is no "path")')
+        raise ServeError(f'{base_json}: field "model" is missing')
     return str(info["model"]), info.get("revision") or None
 
 

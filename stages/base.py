@@ -1,12 +1,14 @@
 """Stage `base`: resolve the base model and pin it.
 
-Reads  params `base`, `prepare.seed` and `prepare.eval_fraction`; data/raw/*.jsonl (tiny only)
-Writes models/base/base.json — what later stages load, with the exact revision — and, for `tiny`,
-       the model itself: a Qwen2-architecture causal LM with a SentencePiece BPE tokenizer, both
-       trained on the raw rows that prepare puts in the *train* split (ta/train/tiny.py).
-
-For a hub id the snapshot goes to the Hugging Face cache and base.json records the commit sha, so the
-lock file pins the exact weights; for a local path it records a digest of the directory's files.
+Reads  params `base`, `prepare.seed` and `prepare.eval_fraction`; data/raw/*.jsonl (tiny only);
+       the hub model or local directory named by `base.model`
+Writes models/base/: the configs and tokenizer files every later stage reads (chat template included),
+       base.json — where the weights are and their pin — and the weights themselves unless they are on
+       the hub (ta/base_model.py):
+       - `tiny`: a Qwen2-architecture causal LM with a SentencePiece BPE tokenizer, both trained on the
+         raw rows that prepare puts in the *train* split (ta/train/tiny.py);
+       - a local directory: copied, pinned by a digest of its files' contents;
+       - a hub id: snapshot into the Hugging Face cache, pinned by the commit sha it resolved to.
 """
 
 from __future__ import annotations
@@ -31,18 +33,20 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
     def body() -> None:
+        from ta.base_model import snapshot_base, snapshot_files
+
         params = load_params()
         args.output.mkdir(parents=True, exist_ok=True)
+        for stale in snapshot_files(args.output):  # a snapshot of another model must not leave its files behind
+            stale.unlink()
         if params.base.model == "tiny":
             from ta.train.tiny import build_tiny
 
             split = (params.prepare.seed, params.prepare.eval_fraction)
             build_tiny(params.base.tiny, params.base.seed, paths.RAW_DIR, args.output, split)
-            info: dict[str, object] = {"model": "tiny", "revision": None}
+            info: dict[str, object] = {"model": "tiny", "source": "tiny", "revision": None}
         else:
-            from ta.base_model import resolve_base
-
-            info = resolve_base(params.base)
+            info = snapshot_base(params.base.model, params.base.revision, args.output)
         info["trust_remote_code"] = params.base.trust_remote_code
         (args.output / "base.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         log.info("base model ready in %s: %s", args.output, info)

@@ -53,7 +53,9 @@ Fraction = Annotated[float, Range(ge=0, le=1)]
 PositiveFloat = Annotated[float, Range(gt=0)]
 StepsOrAll = Annotated[int, Range(ge=-1)]  # -1 = run the epochs
 
-Precision = Literal["fp32", "bf16", "fp16"]
+Precision = Literal["auto", "fp32", "bf16", "fp16"]  # auto: bf16 on a GPU that has it, fp16 on older GPUs, fp32 on CPU
+ComputeDtype = Literal["fp32", "bf16", "fp16"]
+AttnImplementation = Literal["sdpa", "eager", "flash_attention_2"]
 TrainMethod = Literal["lora", "qlora", "full"]
 MergeDtype = Literal["float32", "float16", "bfloat16"]
 GgufOuttype = Literal["f16", "bf16", "q8_0"]
@@ -198,7 +200,7 @@ class Qlora:
 
     quant_type: Literal["nf4", "fp4"]
     double_quant: bool  # also quantize the quantization constants (~0.4 bit/param saved)
-    compute_dtype: Precision  # dtype the 4-bit weights are dequantized to for matmuls
+    compute_dtype: ComputeDtype  # dtype the 4-bit weights are dequantized to for matmuls
 
 
 @dataclass
@@ -225,6 +227,7 @@ class Sft:
     packing: bool
     padding_free: bool
     precision: Precision
+    attn_implementation: AttnImplementation
     num_processes: Positive
     deepspeed_config: str  # used when num_processes > 1; "" = plain DDP
     gpu_memory_gb: Annotated[float, Range(ge=0)]  # 0 = the detected GPU's
@@ -261,6 +264,7 @@ class Dpo:
     save_total_limit: Positive
     gradient_checkpointing: bool
     precision: Precision
+    attn_implementation: AttnImplementation
     num_processes: Positive
     deepspeed_config: str
 
@@ -298,7 +302,9 @@ class Eval:
     max_generations: NonNegative
     max_new_tokens: Positive
     batch_size: Positive
-    n_threads: Positive
+    precision: Precision
+    attn_implementation: AttnImplementation
+    n_threads: NonNegative  # 0 = every core
     sample_prompts: list[str]
     gate_action: Literal["warn", "fail"]
     max_q4_k_m_vs_f16_ppl_ratio: PositiveFloat
@@ -453,7 +459,7 @@ def validated(section: Any, file: str, prefix: str) -> Any:
 
 
 def choices(literal: Any) -> tuple[str, ...]:
-    """The values of a Literal type, e.g. choices(Precision) == ("fp32", "bf16", "fp16")."""
+    """The values of a Literal type, e.g. choices(MergeDtype) == ("float32", "float16", "bfloat16")."""
     return typing.get_args(literal)
 
 

@@ -1,6 +1,7 @@
 """Loading and saving the models the stages pass along: the pinned base, an adapter over it, the merged model.
 
-Where the base lives is ta/base_model.py's business (models/base/base.json); this module loads and saves.
+Where the base's weights live is ta/base_model.py's business (models/base/base.json); its tokenizer is always
+in models/base. This module loads and saves.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ TOKENIZER_FILES = (
     "tokenizer_config.json",
     "tokenizer.model",
     "chat_template.jinja",
+    "chat_template.json",
     "special_tokens_map.json",
     "added_tokens.json",
     "vocab.json",
@@ -53,30 +55,57 @@ def save_model(model: Any, out_dir: Path, **kwargs: Any) -> None:
         config_file.write_text(json.dumps(config, indent=2, sort_keys=True), encoding="utf-8")  # as PEFT does
 
 
+def resolve_precision(precision: str) -> str:
+    """`auto`: bf16 on a GPU that has it (Ampere and later), fp16 on an older GPU, fp32 on CPU; a concrete
+    precision as it is."""
+    if precision != "auto":
+        return precision
+    import torch
+
+    if not torch.cuda.is_available():
+        return "fp32"
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
 def torch_dtype(precision: str) -> Any:
     import torch
 
-    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[resolve_precision(precision)]
 
 
-def load_tokenizer(path: str | Path, ref: BaseModelRef | None = None) -> Any:
-    """The tokenizer as its tokenizer.json defines it.
+def check_attn_implementation(key: str, attn_implementation: str) -> None:
+    """flash_attention_2 needs the flash-attn package and a CUDA GPU; say so before any weight loads."""
+    import importlib.util
 
-    transformers 5's AutoTokenizer ignores tokenizer.json for model_type qwen2 and rebuilds a byte-level
-    Qwen2Tokenizer, which is wrong for the tiny model's SentencePiece vocabulary (and would break
-    HF/llama.cpp token parity). tokenizer.json is the complete definition for real Qwen models too.
+    if attn_implementation != "flash_attention_2":
+        return
+    import torch
+
+    from ta.errors import ParamsError
+
+    if importlib.util.find_spec("flash_attn") is None or not torch.cuda.is_available():
+        raise ParamsError(
+            f"params.yaml: {key}: flash_attention_2 needs a CUDA GPU and the flash-attn package "
+            "(see requirements-gpu.txt); use sdpa"
+        )
+
+
+def load_tokenizer(path: str | Path) -> Any:
+    """The tokenizer of a model dir (models/base, an adapter or merged dir) as its tokenizer.json defines it.
+
+    transformers 5's AutoTokenizer rebuilds a byte-level Qwen2Tokenizer from the vocabulary of any model_type
+    qwen2 dir, which is right for Qwen's own tokenizer.json (same ids: tests/e2e/test_real_model.py) but not
+    for the tiny model's SentencePiece one; the tiny tokenizer_config.json routes AutoTokenizer to
+    tokenizer.json too (ta/train/tiny.py), and reading tokenizer.json here gives the same ids without
+    importing torch (~3 s), which prepare's workers would pay.
     """
     from transformers import PreTrainedTokenizerFast  # without AutoTokenizer, which imports torch (~3 s)
 
-    if ref is None and (Path(path) / "tokenizer.json").is_file():
+    if (Path(path) / "tokenizer.json").is_file():
         return PreTrainedTokenizerFast.from_pretrained(str(path))
-    if ref is not None and Path(ref.name_or_path, "tokenizer.json").is_file():
-        return PreTrainedTokenizerFast.from_pretrained(ref.name_or_path)
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # e.g. a SentencePiece tokenizer.model only
 
-    kwargs = ref.from_pretrained_kwargs() if ref else {}
-    kwargs.pop("use_safetensors", None)
-    return AutoTokenizer.from_pretrained(str(path), **kwargs)
+    return AutoTokenizer.from_pretrained(str(path))
 
 
 def load_base_model(ref: BaseModelRef, dtype: Any = None, **extra: Any) -> Any:

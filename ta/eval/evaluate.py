@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -46,31 +47,38 @@ END_TOKENS = ("<|im_end|>", "<|endoftext|>")  # ChatML turn end and document end
 
 
 def load_runtimes(params: Eval, n_ctx: int, pad_id: int) -> Iterator[tuple[str, Runtime]]:
-    """Yield (artifact, runtime) one at a time, in ARTIFACTS order. The base is loaded once: scored bare
-    first, then the sft and dpo adapters are attached to it in turn (PEFT keeps both; `set_adapter`
-    switches), so a 7B base is not loaded three times."""
+    """Yield (artifact, runtime) one at a time, in ARTIFACTS order; a model is freed before the next one loads
+    (the caller drops its runtime too). The base is loaded once for base, sft and dpo: scored bare first, then
+    the adapters are attached to it in turn (PEFT keeps both; `set_adapter` switches), so a 7B base is not
+    loaded three times. Transformers models run in `eval.precision` on the GPU when there is one."""
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    torch.set_num_threads(params.n_threads)
+    threads = params.n_threads or os.cpu_count() or 1
+    torch.set_num_threads(threads)
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    load = {"dtype": models.torch_dtype(params.precision), "attn_implementation": params.attn_implementation}
     base_model, peft_model = None, None
     for name in [name for name in ARTIFACTS if name in params.artifacts]:
         kind, path = ARTIFACTS[name]
         if kind == "peft" and not (path / "adapter_config.json").is_file():
             kind = "merged"  # sft.method: full — models/sft and models/dpo are whole models
+        if kind not in ("base", "peft") and base_model is not None:
+            base_model, peft_model = None, None  # the base and its adapters are done with
+            free_memory()
         if kind == "llama_cpp":
-            runtime = LlamaCppRuntime(path, n_ctx, params.n_threads)
+            runtime = LlamaCppRuntime(path, n_ctx, threads)
             yield name, runtime
             runtime.llm.close()  # now, not in __del__ at interpreter exit (which logs a TypeError)
             continue
         if kind == "merged":
-            merged_model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device)
+            merged_model = AutoModelForCausalLM.from_pretrained(path, device_map=device, **load)
             yield name, HFRuntime(merged_model, pad_id, params.batch_size)
             del merged_model
+            free_memory()
             continue
-        base_model = base_model or models.load_base_model(read_base_ref(), torch.float32).to(device)
+        base_model = base_model or models.load_base_model(read_base_ref(), device_map=device, **load)
         if kind == "base":
             yield name, HFRuntime(base_model, pad_id, params.batch_size)
             continue
@@ -80,6 +88,17 @@ def load_runtimes(params: Eval, n_ctx: int, pad_id: int) -> Iterator[tuple[str, 
             peft_model.load_adapter(str(path), adapter_name=name)
         peft_model.set_adapter(name)
         yield name, HFRuntime(peft_model, pad_id, params.batch_size)
+
+
+def free_memory() -> None:
+    """Return a dropped model's memory now (the CUDA caching allocator keeps it otherwise)."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 # ---------------------------------------------------------------------------------------- evaluation
@@ -288,6 +307,7 @@ def measure(params: Eval, held: HeldOut, tokenizer: Any, refusal_patterns: list[
     for name, runtime in load_runtimes(params, n_ctx, pad_id):
         started = time.perf_counter()
         results[name] = result = evaluate(runtime, held, tokenizer, params, stop_ids, refusal_patterns)
+        del runtime  # so that the next model loads into freed memory
         elapsed = time.perf_counter() - started
         log.info("%s: perplexity %.3f, task %s (%.1f s)", name, result.perplexity, result.task["task"], elapsed)
     return results
@@ -319,8 +339,7 @@ def write_outputs(report: dict[str, Any], results: dict[str, ArtifactResult], he
 
 def run(params: Eval, system_prompt: str, refusal_patterns: list[str]) -> dict[str, Any]:
     check_inputs(params)
-    ref = read_base_ref()
-    tokenizer = models.load_tokenizer(ref.name_or_path, ref)
+    tokenizer = models.load_tokenizer(paths.BASE_DIR)
     held = load_held_out(tokenizer, params, system_prompt)
     results = measure(params, held, tokenizer, refusal_patterns)
     sizes = {name: ARTIFACTS[name][1].stat().st_size for name in results if name.startswith("gguf_")}

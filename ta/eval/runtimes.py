@@ -97,9 +97,11 @@ class HFRuntime:
             batch = sequences[start : start + self.batch_size]
             input_ids, attention_mask = self._padded(batch, left=False)  # right padding: causal, no effect
             with torch.no_grad():
-                logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1].float()
-                logprobs = torch.log_softmax(logits, dim=-1).gather(2, input_ids[:, 1:, None])[..., 0]
-            result += [logprobs[row, : len(ids) - 1].tolist() for row, ids in enumerate(batch)]
+                logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+                for row, ids in enumerate(batch):  # one row in fp32 at a time: at 152k vocab, ~1 GiB per 2k tokens
+                    row_logits = logits[row, : len(ids) - 1].float()
+                    targets = input_ids[row, 1 : len(ids), None]
+                    result.append(torch.log_softmax(row_logits, dim=-1).gather(1, targets)[:, 0].tolist())
         return result
 
     def greedy(self, prompts: list[list[int]], max_new_tokens: int, stop_ids: set[int]) -> list[list[int]]:
@@ -121,12 +123,12 @@ class HFRuntime:
 
 
 class LlamaCppRuntime:
-    """A GGUF file through llama.cpp, one sequence at a time, logits for every position."""
+    """A GGUF file through llama.cpp, one sequence at a time, logits for every position (of at most n_ctx)."""
 
     def __init__(self, path: Path, n_ctx: int, n_threads: int) -> None:
-        from llama_cpp import Llama
+        from ta.export.llama_cpp import open_gguf
 
-        self.llm = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=n_threads, logits_all=True, seed=0, verbose=False)
+        self.llm = open_gguf(path, n_ctx, n_threads, logits_all=True)
 
     def token_logprobs(self, sequences: list[list[int]]) -> list[list[float]]:
         result = []

@@ -22,6 +22,7 @@ import tarfile
 import tempfile
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 from ta.errors import ExportError, report
 
@@ -65,6 +66,24 @@ def extract(sdist: Path, dest: Path) -> None:
             raise ConverterNotFound(f"{sdist}: no vendor/llama.cpp/{CONVERTER} inside")
         dest.mkdir(parents=True, exist_ok=True)
         tar.extractall(dest, members=members, filter="data")
+
+
+def open_gguf(path: Path, n_ctx: int, n_threads: int, logits_all: bool = False) -> Any:
+    """A GGUF through llama.cpp with a bounded context (its logits buffer is n_ctx × vocabulary floats when
+    logits_all: ~18 GiB at Qwen's 32k × 152k, so never the model's full context), every layer offloaded to
+    the GPU when this llama.cpp build has GPU support (a CUDA build), and `n_threads` CPU threads."""
+    import llama_cpp
+
+    gpu_layers = -1 if llama_cpp.llama_supports_gpu_offload() else 0
+    return llama_cpp.Llama(
+        model_path=str(path),
+        n_ctx=n_ctx,
+        n_threads=n_threads,
+        n_gpu_layers=gpu_layers,
+        logits_all=logits_all,
+        seed=0,
+        verbose=False,
+    )
 
 
 def fetch_sdist(version: str, into: Path) -> Path:

@@ -16,7 +16,11 @@ def shared_trainer_args(params: Sft | Dpo, learning_rate: float, checkpoint_dir:
     """transformers TrainingArguments common to SFTConfig and DPOConfig."""
     import torch
 
-    use_deepspeed = params.num_processes > 1 and params.deepspeed_config
+    from ta.models import resolve_precision
+    from ta.train.launch import world_size
+
+    precision = resolve_precision(params.precision)
+    use_deepspeed = world_size(params.num_processes) > 1 and params.deepspeed_config
     return {
         "output_dir": str(checkpoint_dir),
         "learning_rate": learning_rate,
@@ -30,8 +34,8 @@ def shared_trainer_args(params: Sft | Dpo, learning_rate: float, checkpoint_dir:
         "max_grad_norm": params.max_grad_norm,
         "activation_checkpointing": params.gradient_checkpointing,  # transformers 5's name for it
         "activation_checkpointing_kwargs": {"use_reentrant": False} if params.gradient_checkpointing else None,
-        "bf16": params.precision == "bf16",
-        "fp16": params.precision == "fp16",
+        "bf16": precision == "bf16",
+        "fp16": precision == "fp16",
         "eval_strategy": "steps",
         "eval_steps": params.eval_steps,
         "logging_steps": params.logging_steps,

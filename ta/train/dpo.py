@@ -19,7 +19,14 @@ from ta import paths
 from ta.base_model import BaseModelRef, read_base_ref
 from ta.config import Dpo
 from ta.errors import MissingInputError, ParamsError
-from ta.models import copy_tokenizer_files, load_base_model, load_tokenizer, save_model, torch_dtype
+from ta.models import (
+    check_attn_implementation,
+    copy_tokenizer_files,
+    load_base_model,
+    load_tokenizer,
+    save_model,
+    torch_dtype,
+)
 from ta.train import checkpoints, launch
 from ta.train.args import check_precision, shared_trainer_args
 
@@ -39,6 +46,7 @@ def is_adapter(path: Path) -> bool:
 def check(params: Dpo) -> None:
     """Reject a config that cannot run here, before any process is launched or any weight loaded."""
     check_precision("dpo", params.precision)
+    check_attn_implementation("dpo.attn_implementation", params.attn_implementation)
     launch.check_deepspeed("dpo", params.num_processes, params.deepspeed_config)
     ref_model = Path(params.ref_model)
     if params.ref_model and not (ref_model / "config.json").is_file() and not is_adapter(ref_model):
@@ -58,10 +66,11 @@ def load_policy(ref: BaseModelRef, params: Dpo) -> Any:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
+    attn = {"attn_implementation": params.attn_implementation}
     if is_adapter(paths.SFT_DIR):
-        base = load_base_model(ref, torch_dtype(params.precision))
+        base = load_base_model(ref, torch_dtype(params.precision), **attn)
         return PeftModel.from_pretrained(base, str(paths.SFT_DIR), is_trainable=True)
-    return AutoModelForCausalLM.from_pretrained(str(paths.SFT_DIR), dtype=torch_dtype("fp32"))
+    return AutoModelForCausalLM.from_pretrained(str(paths.SFT_DIR), dtype=torch_dtype("fp32"), **attn)
 
 
 def load_reference(ref: BaseModelRef, params: Dpo) -> Any:
@@ -71,11 +80,12 @@ def load_reference(ref: BaseModelRef, params: Dpo) -> Any:
 
     if not params.ref_model:
         return None
+    attn = {"attn_implementation": params.attn_implementation}
     path = Path(params.ref_model)
     if is_adapter(path):
-        base = load_base_model(ref, torch_dtype(params.precision))
+        base = load_base_model(ref, torch_dtype(params.precision), **attn)
         return PeftModel.from_pretrained(base, str(path)).merge_and_unload().eval()
-    return AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype(params.precision)).eval()
+    return AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype(params.precision), **attn).eval()
 
 
 def dpo_config(params: Dpo, checkpoint_dir: Path) -> Any:

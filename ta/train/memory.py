@@ -227,10 +227,16 @@ def breakdown(shape: ModelShape, run: Run) -> str:
     return "\n".join(lines)
 
 
+def known_name(model: str) -> str:
+    """The KNOWN_MODELS key of a name or hub id: Qwen/Qwen2.5-7B-Instruct -> qwen2.5-7b (instruct and base
+    models have the same shape)."""
+    return model.lower().rsplit("/", 1)[-1].removesuffix("-instruct")
+
+
 def load_shape(model: str) -> ModelShape:
-    """A known model name, or a directory (or config.json) of a Qwen2/Llama-style model."""
-    if model.lower() in KNOWN_MODELS:
-        return KNOWN_MODELS[model.lower()]
+    """A known model name or hub id, or a directory (or config.json) of a Qwen2/Llama-style model."""
+    if known_name(model) in KNOWN_MODELS and not Path(model).exists():
+        return KNOWN_MODELS[known_name(model)]
     path = Path(model)
     config_file = path / "config.json" if path.is_dir() else path
     if not config_file.is_file():

@@ -17,8 +17,16 @@ from ta import chat, paths
 from ta.base_model import BaseModelRef, read_base_ref
 from ta.config import Sft
 from ta.errors import ParamsError
-from ta.models import copy_tokenizer_files, load_base_model, load_tokenizer, save_model, torch_dtype
-from ta.train import checkpoints, launch
+from ta.models import (
+    check_attn_implementation,
+    copy_tokenizer_files,
+    load_base_model,
+    load_tokenizer,
+    resolve_precision,
+    save_model,
+    torch_dtype,
+)
+from ta.train import checkpoints, launch, memory
 from ta.train.args import check_precision, shared_trainer_args
 
 log = logging.getLogger("sft")
@@ -32,6 +40,7 @@ def read_conversations(path: Path) -> list[list[dict[str, str]]]:
 def check(params: Sft, ref: BaseModelRef) -> None:
     """Reject a config that cannot run here, before any process is launched or any weight loaded."""
     check_precision("sft", params.precision)
+    check_attn_implementation("sft.attn_implementation", params.attn_implementation)
     launch.check_deepspeed("sft", params.num_processes, params.deepspeed_config)
     check_memory(params, ref)
 
@@ -40,31 +49,14 @@ def check_memory(params: Sft, ref: BaseModelRef) -> None:
     """Fail fast when the estimated peak memory exceeds the GPUs' (sft.gpu_memory_gb, or the detected GPU's)."""
     import torch
 
-    from ta.train import memory
-
     if params.gpu_memory_gb > 0:
         available = params.gpu_memory_gb
     elif torch.cuda.is_available():
         available = torch.cuda.get_device_properties(0).total_memory / memory.GIB
     else:
         return  # CPU training: host memory is not what this estimates
-    config_file = Path(ref.name_or_path, "config.json")
-    if not config_file.is_file():
-        log.warning("%s: not found; skipping the GPU memory estimate", config_file)
-        return
-    shape = memory.ModelShape.from_config(ref.name_or_path, json.loads(config_file.read_text(encoding="utf-8")))
-    run = memory.Run(
-        method=params.method,
-        precision=params.precision,
-        seq_len=params.max_seq_len,
-        batch_size=params.per_device_train_batch_size,
-        zero_stage=launch.zero_stage(params.num_processes, params.deepspeed_config),
-        num_gpus=params.num_processes,
-        gradient_checkpointing=params.gradient_checkpointing,
-        lora_r=params.lora.r,
-        lora_dropout=params.lora.dropout,
-        lora_targets=params.lora.target_modules,
-    )
+    config = json.loads((paths.BASE_DIR / "config.json").read_text(encoding="utf-8"))  # there for every model
+    shape, run = memory.ModelShape.from_config(ref.name_or_path, config), memory_run(params)
     need = memory.peak_gib(shape, run)
     log.info("estimated peak GPU memory %.1f GiB per GPU of %.1f GiB", need, available)
     if need > available:
@@ -74,6 +66,22 @@ def check_memory(params: Sft, ref: BaseModelRef) -> None:
             "sft.gradient_checkpointing: true, a smaller sft.per_device_train_batch_size or max_seq_len, "
             "or more sft.num_processes with ZeRO (see `python -m tools.estimate --help`)"
         )
+
+
+def memory_run(params: Sft) -> memory.Run:
+    """The knobs of this run that the memory estimate (ta/train/memory.py) depends on."""
+    return memory.Run(
+        method=params.method,
+        precision=resolve_precision(params.precision),
+        seq_len=params.max_seq_len,
+        batch_size=params.per_device_train_batch_size,
+        zero_stage=launch.zero_stage(params.num_processes, params.deepspeed_config),
+        num_gpus=launch.world_size(params.num_processes),
+        gradient_checkpointing=params.gradient_checkpointing,
+        lora_r=params.lora.r,
+        lora_dropout=params.lora.dropout,
+        lora_targets=params.lora.target_modules,
+    )
 
 
 def fingerprint(params: Sft, lr: float) -> dict[str, Any]:
@@ -97,6 +105,7 @@ def lora_config(params: Sft) -> Any:
 
 def load_model(ref: BaseModelRef, params: Sft) -> Any:
     """The base to train: 4-bit NF4 for qlora; fp32 master weights for full (AMP/DeepSpeed cast on the fly)."""
+    attn = {"attn_implementation": params.attn_implementation}
     if params.method == "qlora":
         from transformers import BitsAndBytesConfig
 
@@ -106,8 +115,8 @@ def load_model(ref: BaseModelRef, params: Sft) -> Any:
             bnb_4bit_use_double_quant=params.qlora.double_quant,
             bnb_4bit_compute_dtype=torch_dtype(params.qlora.compute_dtype),
         )
-        return load_base_model(ref, torch_dtype(params.precision), quantization_config=quantization)
-    return load_base_model(ref, torch_dtype("fp32" if params.method == "full" else params.precision))
+        return load_base_model(ref, torch_dtype(params.precision), quantization_config=quantization, **attn)
+    return load_base_model(ref, torch_dtype("fp32" if params.method == "full" else params.precision), **attn)
 
 
 def sft_config(params: Sft, lr: float, checkpoint_dir: Path) -> Any:
@@ -145,7 +154,7 @@ def train(
 
     set_seed(params.seed)
     ref = read_base_ref()
-    tokenizer = load_tokenizer(ref.name_or_path, ref)
+    tokenizer = load_tokenizer(paths.BASE_DIR)
     train_rows, eval_rows = read_conversations(paths.SFT_TRAIN), read_conversations(paths.SFT_EVAL)
     tokenizer.chat_template = chat.training_template(tokenizer, train_rows[:8])
 
@@ -179,6 +188,6 @@ def train(
         metrics = {**last_eval, "global_step": state.global_step}
     if trainer.is_world_process_zero():
         save_model(trainer.model, out_dir)
-        copy_tokenizer_files(ref.name_or_path, out_dir)
+        copy_tokenizer_files(paths.BASE_DIR, out_dir)
         checkpoints.clear_checkpoints(checkpoint_dir)
     return metrics

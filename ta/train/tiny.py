@@ -93,6 +93,12 @@ def train_tokenizer(texts: list[str], out_dir: Path, vocab_size: int, seed: int)
     config = json.loads(config_file.read_text(encoding="utf-8"))
     config["add_bos_token"] = False
     config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    # transformers 5 maps model_type qwen2 to its byte-level Qwen2Tokenizer whatever tokenizer_class says,
+    # rebuilding it from the vocabulary and dropping this tokenizer's SentencePiece steps: plain AutoTokenizer
+    # (what vLLM, TRL and lm-eval call) would turn 你好 into other ids than llama.cpp and our own loader. An
+    # `auto_map` entry is the one thing that makes it honour tokenizer_class, i.e. load tokenizer.json as it
+    # is; it names no code, so nothing is executed, and it needs trust_remote_code off (the default).
+    config["auto_map"] = {"AutoTokenizer": [None, "PreTrainedTokenizerFast"]}
     config["added_tokens_decoder"] = {
         str(tokenizer.convert_tokens_to_ids(t)): {
             "content": t,
