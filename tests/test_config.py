@@ -158,7 +158,7 @@ def test_a_section_changed_in_code_is_checked_again() -> None:
 def test_choices_lists_a_literal() -> None:
     from ta.config import Precision
 
-    assert choices(Precision) == ("fp32", "bf16", "fp16")
+    assert choices(Precision) == ("auto", "fp32", "bf16", "fp16")
 
 
 def test_the_checker_command(tmp_path: Path) -> None:

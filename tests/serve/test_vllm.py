@@ -55,7 +55,7 @@ def test_rank_pattern_can_raise_the_rank(tmp_path: Path) -> None:
 def test_command_serves_adapter_on_local_base_snapshot(tmp_path: Path) -> None:
     params, base_json = make_inputs(tmp_path, rank=24)
     argv = vllm_command(params, base_json)
-    assert argv[:3] == ["vllm", "serve", "models/base"]
+    assert argv[:3] == ["vllm", "serve", str(base_json.parent)]  # the snapshot base.json sits in
     assert "--revision" not in argv  # a local snapshot is already the pinned revision
     assert "--enable-lora" in argv
     assert flag(argv, "--lora-modules") == f"ta-lora={tmp_path}/models/dpo"
