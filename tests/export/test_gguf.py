@@ -66,7 +66,8 @@ def test_logit_parity_fails_when_the_weights_differ(chain: SimpleNamespace, tmp_
     torch.manual_seed(0)
     weights["lm_head.weight"] = weights["lm_head.weight"] + 0.5 * torch.randn_like(weights["lm_head.weight"])
     save_file(weights, str(other / "model.safetensors"), metadata={"format": "pt"})
-    with pytest.raises(ParityError, match=rf"logits differ from {other}: max \|Δ\| [\d.]+ = [\d.]+ of the logits' spread [\d.]+ \(allowed [\d.]+: gguf.logit_tolerance"):
+    expected = rf"logits differ from {other}: max \|Δ\| [\d.]+ = [\d.]+ of the logits' spread [\d.]+ \(allowed [\d.]+: "
+    with pytest.raises(ParityError, match=expected + "gguf.logit_tolerance"):
         gguf.check_parity(other, chain.f16, chain.sft_eval, PARAMS)
 
 
