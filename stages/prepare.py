@@ -85,12 +85,10 @@ def main(argv: list[str] | None = None) -> int:
         from ta.data.prepare import run_cli, run_stage
         from ta.data.stats import print_summary
         from ta.data.tokens import TokenizerCounter
-        from ta.selfinstruct.review import prepare_source, taken_statuses
+        from ta.selfinstruct.review import taken_statuses, with_review_file
 
         loaded = load_params() if args.input is None else load_project_params()
-        params = loaded.prepare
-        if args.input is None and (reviewed := prepare_source(loaded.selfinstruct)) is not None:
-            params = dataclasses.replace(params, sft_sources=[*params.sft_sources, reviewed])
+        params = with_review_file(loaded.prepare, loaded.selfinstruct) if args.input is None else loaded.prepare
         overrides = {
             "max_tokens": args.max_length,
             "min_tokens": args.min_length,

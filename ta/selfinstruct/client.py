@@ -11,6 +11,7 @@ environment variable named in params, never from params.
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
 from ta.config import SelfInstruct
@@ -93,4 +94,5 @@ class ChatClient:
 
 
 def _short(text: str) -> str:
-    return " ".join(str(text).split())[:200]
+    """The server's message on one line, without the SDK's "Error code: 500 - " prefix."""
+    return re.sub(r"^Error code: \d+ - ", "", " ".join(str(text).split()))[:200]

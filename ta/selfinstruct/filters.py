@@ -66,18 +66,20 @@ def reply_items(reply: Reply) -> tuple[list[Any], Verdict | None]:
 
 
 def json_value(text: str) -> Any:
-    """The JSON value the text holds: the whole text, inside a ``` fence, or from its first { or [."""
+    """The JSON value the text holds: the whole text, inside a ``` fence, or from its first { or [. Raw
+    line breaks inside strings are accepted (strict=False): models write them, and they mean what they say."""
     fenced = FENCE.match(text)
     text = fenced.group(1) if fenced else text
+    decoder = json.JSONDecoder(strict=False)
     try:
-        return json.loads(text)
+        return decoder.decode(text)
     except json.JSONDecodeError:
         pass
     starts = [i for i in (text.find("{"), text.find("[")) if i >= 0]
     if not starts:
         return None
     try:
-        return json.JSONDecoder().raw_decode(text, min(starts))[0]
+        return decoder.raw_decode(text, min(starts))[0]
     except json.JSONDecodeError:
         return None
 

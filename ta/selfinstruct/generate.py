@@ -115,7 +115,7 @@ def generate(
             fetcher.close()
     if run.stopped_by != "num_pairs":
         log.warning(
-            "selfinstruct: budget %s reached after %d replies and %d tokens: %d of %d pairs",
+            "budget %s reached after %d replies and %d tokens: %d of %d pairs",
             run.stopped_by,
             run.spend.replies,
             run.spend.tokens,

@@ -12,13 +12,14 @@ The selfinstruct stage merges each run's pairs into the file; `python -m tools.r
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
 from typing import Any
 
 from ta import paths
-from ta.config import PrepareSource, SelfInstruct
+from ta.config import Prepare, PrepareSource, SelfInstruct
 from ta.data.formats import REVIEW_STATUSES as STATUSES
 from ta.data.formats import REVIEWED
 from ta.errors import SelfInstructError
@@ -31,9 +32,12 @@ def taken_statuses(require_review: bool) -> tuple[str, ...]:
     return REVIEWED if require_review else ("pending", *REVIEWED)
 
 
-def prepare_source(params: SelfInstruct) -> PrepareSource | None:
-    """The review file as one more SFT source for prepare, when selfinstruct is on."""
-    return PrepareSource(path=str(paths.REVIEW_FILE), format="selfinstruct") if params.enabled else None
+def with_review_file(prepare: Prepare, params: SelfInstruct) -> Prepare:
+    """prepare's params with the review file as one more SFT source when selfinstruct is on (else as they are)."""
+    if not params.enabled:
+        return prepare
+    reviewed = PrepareSource(path=str(paths.REVIEW_FILE), format="selfinstruct")
+    return dataclasses.replace(prepare, sft_sources=[*prepare.sft_sources, reviewed])
 
 
 def read_review(path: Path) -> list[Row]:

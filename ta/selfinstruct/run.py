@@ -47,7 +47,7 @@ def run_stage(params: SelfInstruct, refusal_patterns: list[str]) -> dict[str, An
     rejects = [{"source": d.source, "reason": d.reason, "detail": d.detail, "row": d.row} for d in run.dropped]
     summary = metrics(params, rows, run)
     log.info(
-        "selfinstruct: %d requests sent (%d tokens), %d replies from the cache",
+        "%d requests sent (%d tokens), %d replies from the cache",
         run.spend.sent,
         run.spend.sent_tokens,
         run.spend.cached,
