@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ta import paths
 from ta.config import SelfInstruct
 from ta.selfinstruct.review import Row, merge, read_review, status_counts, write_review
+
+if TYPE_CHECKING:  # generation needs the openai SDK: imported only when the stage is on
+    from ta.selfinstruct.generate import Generated, Generation
 
 log = logging.getLogger("selfinstruct")
 
@@ -55,7 +58,7 @@ def run_stage(params: SelfInstruct, refusal_patterns: list[str]) -> dict[str, An
     return write_outputs(rejects, summary)
 
 
-def review_row(pair: Any, provenance: dict[str, str]) -> Row:
+def review_row(pair: Generated, provenance: dict[str, str]) -> Row:
     nearest = pair.nearest and {
         "instruction": pair.nearest.text,
         "source": pair.nearest.source,
@@ -74,7 +77,7 @@ def review_row(pair: Any, provenance: dict[str, str]) -> Row:
     }
 
 
-def metrics(params: SelfInstruct, rows: list[Row], run: Any = None) -> dict[str, Any]:
+def metrics(params: SelfInstruct, rows: list[Row], run: Generation | None = None) -> dict[str, Any]:
     """metrics/selfinstruct.json: what the run used and kept, and where review stands. No timings and no
     cache hits (they differ between a first run and a rerun whose files are the same)."""
     from ta.selfinstruct.filters import REASONS
