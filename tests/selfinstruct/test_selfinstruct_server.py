@@ -207,6 +207,14 @@ def jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
+def whole_lines(path: Path) -> list[dict]:
+    """The entries of a file another process is appending to: a last line not yet ended is left out."""
+    if not path.is_file():
+        return []
+    *whole, _ = path.read_text(encoding="utf-8").split("\n")
+    return [json.loads(line) for line in whole if line.strip()]
+
+
 def outputs(cwd: Path) -> dict[Path, bytes]:
     files = [paths.REVIEW_FILE, paths.RESPONSE_CACHE, paths.SELFINSTRUCT_REJECTS, paths.SELFINSTRUCT_METRICS]
     return {path: (cwd / path).read_bytes() for path in files}
@@ -305,12 +313,12 @@ def test_a_killed_run_resumes_from_the_cache_without_repeating_a_request(proxy, 
     run = subprocess.Popen([sys.executable, "-m", "stages.selfinstruct"], cwd=ws, env=env(),
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     deadline = time.monotonic() + 600
-    while not (cache_file.is_file() and len(jsonl(cache_file)) >= 2):
+    while len(whole_lines(cache_file)) < 2:
         assert run.poll() is None and time.monotonic() < deadline, "the run ended before it could be killed"
         time.sleep(0.05)
     run.send_signal(signal.SIGKILL)
     run.wait()
-    answered = {sent(entry["request"]) for entry in jsonl(cache_file)}
+    answered = {sent(entry["request"]) for entry in whole_lines(cache_file)}
     sent_before = len(proxy.bodies)
     assert not (ws / paths.REVIEW_FILE).exists()  # killed: no outputs but the cache
 
