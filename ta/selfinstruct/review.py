@@ -104,7 +104,10 @@ def status_counts(rows: list[Row]) -> dict[str, int]:
 
 
 def decide(row: Row, status: str, note: str = "") -> Row:
-    """The row with a person's decision (accepted or rejected) and note."""
+    """The row with a person's decision (accepted or rejected) and note; accepting a pair someone rewrote
+    keeps it `edited` (its text is not the model's)."""
+    if status == "accepted" and row.get("original"):
+        status = "edited"
     return {**row, "status": status, "note": note or row.get("note", "")}
 
 

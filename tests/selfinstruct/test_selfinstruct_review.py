@@ -18,7 +18,15 @@ from ta.config import Prepare, load_params
 from ta.data import prepare
 from ta.data.tokens import TokenCounter
 from ta.errors import SelfInstructError
-from ta.selfinstruct.review import merge, read_review, taken_statuses, with_review_file, write_review
+from ta.selfinstruct.review import (
+    decide,
+    edited,
+    merge,
+    read_review,
+    taken_statuses,
+    with_review_file,
+    write_review,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 PROVENANCE = {"endpoint": "http://127.0.0.1:8000/v1", "model": "qwen-max", "template": "sha256:0123456789ab"}
@@ -58,6 +66,12 @@ def test_merge_keeps_every_decision_and_drops_only_pending_rows_no_longer_genera
     assert [row["id"] for row in merged] == [old[0]["id"], old[1]["id"], old[2]["id"], old[3]["id"], "si-new"]
     assert [row["status"] for row in merged] == ["accepted", "rejected", "pending", "pending", "pending"]
     assert merge(merged, generated) == merged  # a rerun changes nothing
+
+
+def test_accepting_a_rewritten_pair_keeps_it_edited() -> None:
+    row = edited(pending_rows()[0], "新的问题？", "新的回答。", "")
+    assert decide(row, "accepted")["status"] == "edited" and decide(row, "rejected")["status"] == "rejected"
+    assert decide(pending_rows()[0], "accepted", "好")["status"] == "accepted"
 
 
 def test_a_broken_review_row_is_named_by_line(tmp_path: Path) -> None:
