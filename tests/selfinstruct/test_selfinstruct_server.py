@@ -245,10 +245,13 @@ def test_generation_goes_to_review_with_provenance_and_a_rerun_sends_nothing(pro
         origin = row["provenance"]
         assert (origin["endpoint"], origin["model"], origin["template"]) == (proxy.base_url, "ta-lora", digest)
         assert origin["request"] in keys and row["nearest"]["source"]
-    first = proxy.bodies[0]  # what went over the wire: the template filled in, the request's seed, the schema
-    user = first["messages"][1]["content"]
+    # the request a pair came from went over the wire as built: the template filled in for its subject and
+    # level, few-shot examples, its own sampling seed, the schema from extra_body
+    (request,) = [entry["request"] for entry in cache if entry["key"].startswith(rows[0]["provenance"]["request"])]
+    (wire,) = [body for body in proxy.bodies if sent(body) == sent(request)]
+    user = wire["messages"][1]["content"]
     assert rows[0]["subject"] in user and rows[0]["difficulty"] in user and '"instruction":' in user
-    assert isinstance(first["seed"], int) and first["response_format"]["type"] == "json_object"
+    assert isinstance(wire["seed"], int) and wire["response_format"] == request["response_format"]
     assert sum(metrics["accepted_by_subject"].values()) == metrics["accepted"] == len(rows)
 
     before = outputs(ws)
@@ -350,7 +353,7 @@ def test_the_budget_stops_the_run_cleanly(proxy, tmp_path: Path) -> None:
 
 def test_the_default_pipeline_ran_the_stage_off(pipeline_repo: Path) -> None:
     lock = yaml.safe_load((pipeline_repo / "dvc.lock").read_text(encoding="utf-8"))["stages"]
-    assert lock["selfinstruct"]["params"]["params.yaml"]["selfinstruct.enabled"] is False
+    assert lock["selfinstruct"]["params"]["params.yaml"]["selfinstruct"]["enabled"] is False
     assert (pipeline_repo / paths.REVIEW_FILE).read_bytes() == b""
     assert json.loads((pipeline_repo / paths.SELFINSTRUCT_METRICS).read_text())["stopped_by"] == "disabled"
     prepare = json.loads((pipeline_repo / paths.PREPARE_METRICS).read_text())
@@ -368,8 +371,7 @@ def test_generate_review_and_prepare_through_dvc(pipeline_repo: Path, proxy, tmp
     """In a copy of the pipeline's repo: `dvc repro prepare` generates, a person reviews (the command, keys
     on stdin), `dvc repro prepare` again sends nothing (cache) and prepare keeps exactly the accepted pairs."""
     repo = tmp_path / "repo"
-    heavy = shutil.ignore_patterns("cache", "tmp", "sft", "dpo", "merged", "gguf", "ollama", "checkpoints")
-    shutil.copytree(pipeline_repo, repo, symlinks=True, ignore=heavy)
+    shutil.copytree(pipeline_repo, repo, symlinks=True)  # with DVC's cache: an output not in it reruns its stage
     schema = {"response_format": reply_schema(NONSENSE, 2)}
     params = with_selfinstruct(repo / "params.yaml", proxy, num_pairs=4, pairs_per_request=2, extra_body=schema)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True), encoding="utf-8")
