@@ -1,7 +1,9 @@
 """Stage prepare: raw conversation data -> cleaned, filtered, deduplicated, split SFT and preference sets.
 
 Reads   params `prepare` (sources, limits, patterns), the source files under data/raw/ (or hub datasets),
-        and the base model's tokenizer in models/base/ (token counts and the chat template).
+        and the base model's tokenizer in models/base/ (token counts and the chat template); with
+        selfinstruct.enabled, also data/selfinstruct/review.jsonl (the reviewed pairs: accepted and edited
+        ones, or every one not rejected when selfinstruct.require_review is false).
 Writes  data/prepared/{sft_train,sft_eval,pref_train,pref_eval}.jsonl  (TRL conversational form, by id)
         data/prepared/rejects.jsonl    every row that was not kept: source file:line, reason, detail, row
         data/processed_data.jsonl      every kept SFT row in the guide's Alpaca form
@@ -83,8 +85,10 @@ def main(argv: list[str] | None = None) -> int:
         from ta.data.prepare import run_cli, run_stage
         from ta.data.stats import print_summary
         from ta.data.tokens import TokenizerCounter
+        from ta.selfinstruct.review import taken_statuses, with_review_file
 
-        params = load_params().prepare if args.input is None else load_project_params().prepare
+        loaded = load_params() if args.input is None else load_project_params()
+        params = with_review_file(loaded.prepare, loaded.selfinstruct) if args.input is None else loaded.prepare
         overrides = {
             "max_tokens": args.max_length,
             "min_tokens": args.min_length,
@@ -94,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         params = dataclasses.replace(params, **{k: v for k, v in overrides.items() if v is not None})
         params = validated(params, "command line", "prepare")
         if args.input is None:
-            summary = run_stage(params)
+            summary = run_stage(params, review_statuses=taken_statuses(loaded.selfinstruct.require_review))
         else:
             summary = run_cli(params, args.input, args.output, args.format, TokenizerCounter(args.tokenizer))
         print_summary(summary)

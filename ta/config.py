@@ -73,6 +73,7 @@ SourceFormat = Literal[
     "hh_rlhf",
     "ultrafeedback",
     "ultrafeedback_raw",
+    "selfinstruct",
 ]
 SchedulerType = Literal[
     "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "inverse_sqrt"
@@ -183,6 +184,66 @@ class Prepare:
         """The `sft` or `preference` sources, plain paths as PrepareSource mappings."""
         entries = self.sft_sources if kind == "sft" else self.preference_sources
         return [PrepareSource(path=entry) if isinstance(entry, str) else entry for entry in entries]
+
+
+@dataclass
+class SelfInstruct:
+    """The selfinstruct stage: new instruction/answer pairs from an OpenAI-compatible model, for a person to
+    review before prepare takes them (ta/selfinstruct/)."""
+
+    enabled: bool  # off: the stage passes the review file through and contacts nothing
+    require_review: bool  # prepare takes only accepted/edited pairs; false: every pair not rejected
+    base_url: str
+    model: str
+    api_key_env: str  # the NAME of the variable holding the key, never the key; "" = a server without one
+    language: str  # the prompt templates' folder: prompts/selfinstruct/<language>/
+    seed: int
+    seed_sources: list[str | PrepareSource]
+    subjects: list[str]
+    difficulties: list[str]
+    num_pairs: Positive
+    pairs_per_request: Positive
+    seed_examples: NonNegative
+    generated_examples: NonNegative
+    example_max_chars: Positive
+    round_size: Positive
+    concurrency: Positive
+    temperature: Annotated[float, Range(ge=0, le=2)]
+    top_p: Annotated[float, Range(gt=0, le=1)]
+    max_tokens: Positive
+    json_mode: bool
+    extra_body: dict[str, Any]  # request fields sent as written
+    timeout_s: PositiveFloat
+    max_retries: NonNegative
+    max_requests: Positive
+    max_total_tokens: Positive
+    rouge_l_threshold: Annotated[float, Range(gt=0, le=1)]
+    min_instruction_chars: NonNegative
+    max_instruction_chars: Positive
+    min_answer_chars: NonNegative
+    max_answer_chars: Positive
+    media_patterns: list[str]
+
+    def check(self, where: str) -> None:
+        if not self.base_url.startswith(("http://", "https://")):
+            raise ParamsError(
+                f"{where}.base_url: {self.base_url!r} is not an http(s) URL, e.g. http://127.0.0.1:8000/v1"
+            )
+        for name in ("model", "language"):
+            if not getattr(self, name).strip():
+                raise ParamsError(f"{where}.{name}: empty")
+        for name in ("seed_sources", "subjects", "difficulties"):
+            if not getattr(self, name):
+                raise ParamsError(f"{where}.{name}: empty; list at least one")
+        if self.seed_examples + self.generated_examples == 0:
+            raise ParamsError(f"{where}.seed_examples: 0 with generated_examples 0; the prompt needs an example")
+        for low, high in (("min_instruction_chars", "max_instruction_chars"), ("min_answer_chars", "max_answer_chars")):
+            if getattr(self, low) > getattr(self, high):
+                raise ParamsError(f"{where}.{low}: {getattr(self, low)} exceeds {high} {getattr(self, high)}")
+
+    def sources(self) -> list[PrepareSource]:
+        """The seed sources, plain paths as PrepareSource mappings."""
+        return [PrepareSource(path=entry) if isinstance(entry, str) else entry for entry in self.seed_sources]
 
 
 @dataclass
@@ -337,6 +398,7 @@ class Serve:
 class Params:
     lr: PositiveFloat  # the SFT learning rate, top level so that `dvc exp run -S lr=1e-4` works as typed
     base: Base
+    selfinstruct: SelfInstruct
     prepare: Prepare
     sft: Sft
     dpo: Dpo
@@ -428,6 +490,10 @@ def _coerce(hint: Any, value: Any, file: str, key: str) -> Any:
                 continue
         names = " or ".join(getattr(o, "__name__", str(o)) for o in options)
         raise ParamsError(f"{file}: {key}: expected {names}, got {value!r}")
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ParamsError(f"{file}: {key}: expected a mapping, got {value!r}")
+        return value
     if origin is list:
         if not isinstance(value, list):
             raise ParamsError(f"{file}: {key}: expected a list, got {value!r}")

@@ -40,6 +40,11 @@ class PrepareError(UserError):
     """A prepare problem that is not one row's: a misplaced source, a missing tokenizer."""
 
 
+class SelfInstructError(UserError):
+    """self-instruct cannot go on: the endpoint refuses or fails past its retries, a template or the review
+    file is broken; the message names the place."""
+
+
 class ChatTemplateError(UserError):
     """The tokenizer's chat template cannot be used for what a stage needs from it."""
 

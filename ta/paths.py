@@ -21,6 +21,13 @@ PREF_EVAL = PREPARED_DIR / "pref_eval.jsonl"
 REJECTS = PREPARED_DIR / "rejects.jsonl"
 PROCESSED_FILE = Path("data/processed_data.jsonl")  # the guide's Alpaca-form output
 
+# self-instruct: generated pairs, a person's decisions on them, and what generating them cost
+PROMPTS_DIR = Path("prompts/selfinstruct")  # editable prompt templates, one folder per language
+SELFINSTRUCT_DIR = Path("data/selfinstruct")
+REVIEW_FILE = SELFINSTRUCT_DIR / "review.jsonl"  # git-tracked: one row per pair, status and note; prepare reads it
+RESPONSE_CACHE = SELFINSTRUCT_DIR / "responses.jsonl"  # every reply by request key: a rerun costs nothing
+SELFINSTRUCT_REJECTS = SELFINSTRUCT_DIR / "rejects.jsonl"  # every generated pair the filters dropped, with why
+
 # models
 BASE_DIR = Path("models/base")
 BASE_INFO = BASE_DIR / "base.json"
@@ -39,6 +46,7 @@ DPO_LIVE = Path("dvclive/dpo")
 # metrics and plot data
 METRICS_DIR = Path("metrics")
 PREPARE_METRICS = METRICS_DIR / "prepare.json"
+SELFINSTRUCT_METRICS = METRICS_DIR / "selfinstruct.json"
 OPENINGS_PLOT = METRICS_DIR / "prepare_openings.csv"
 LENGTHS_PLOT = METRICS_DIR / "prepare_lengths.csv"
 GGUF_METRICS = METRICS_DIR / "gguf.json"

@@ -17,7 +17,9 @@ from ta.data.samples import Message, RowRejected, Sample
 
 # ------------------------------------------------------------------------------------ format detection
 
-SFT_FORMATS = ("qa", "alpaca", "sharegpt", "openai", "firefly")
+SFT_FORMATS = ("qa", "alpaca", "sharegpt", "openai", "firefly", "selfinstruct")
+REVIEW_STATUSES = ("pending", "accepted", "rejected", "edited")  # a selfinstruct row's `status`
+REVIEWED = ("accepted", "edited")  # the statuses prepare takes when review is required
 PREFERENCE_FORMATS = ("pairs", "sharegpt_pairs", "hh_rlhf", "ultrafeedback", "ultrafeedback_raw")
 
 
@@ -36,6 +38,8 @@ def detect_format(row: dict[str, Any]) -> str | None:
         return None
     if {"instruction", "completions"} <= keys:
         return "ultrafeedback_raw"
+    if {"instruction", "answer", "status"} <= keys:
+        return "selfinstruct"
     if {"question", "answer"} <= keys:
         return "qa"
     if {"instruction", "output"} <= keys:
@@ -135,6 +139,15 @@ def from_firefly(row: dict[str, Any]) -> Sample:
     return Sample(
         [{"role": "user", "content": _field(row, "input")}, {"role": "assistant", "content": _field(row, "target")}]
     )
+
+
+def from_selfinstruct(row: dict[str, Any]) -> Sample:
+    """A row of the self-instruct review file (ta/selfinstruct/review.py); which statuses are taken is
+    prepare's decision (RowProcessor.review_statuses), a status outside the four is a wrong value."""
+    if row.get("status") not in REVIEW_STATUSES:
+        raise RowRejected("wrong_type", f'field "status" is {row.get("status")!r}; use {", ".join(REVIEW_STATUSES)}')
+    instruction, answer = _field(row, "instruction"), _field(row, "answer")
+    return Sample([{"role": "user", "content": instruction}, {"role": "assistant", "content": answer}])
 
 
 SHAREGPT_ROLES = {
@@ -273,6 +286,7 @@ NORMALISERS: dict[str, Callable[[dict[str, Any]], Sample]] = {
     "hh_rlhf": from_hh_rlhf,
     "ultrafeedback": from_ultrafeedback,
     "ultrafeedback_raw": from_ultrafeedback_raw,
+    "selfinstruct": from_selfinstruct,
 }
 
 

@@ -24,6 +24,7 @@ from typing import Any
 from ta import paths
 from ta.config import Prepare, PrepareSource
 from ta.data.dedup import Deduplicator
+from ta.data.formats import REVIEWED
 from ta.data.io import LineBlock, RawRow, dumpb
 from ta.data.mix import SourceMix
 from ta.data.normalise import normalise_texts
@@ -85,7 +86,7 @@ def process_sources(
             while (len(opening) < 2 or not head) and (chunk := next(chunks, None)) is not None:
                 opening.append(chunk)
                 head = head or (chunk.rows() if isinstance(chunk, LineBlock) else chunk)
-            fmt = formats[source.name] = source_format(source, head)
+            fmt = formats[source.name] = source.format = source_format(source, head)
             log.info("%s: format %s", source.name, fmt)
             source.expected_rows = expected_rows(source, head)
             columns, source.length_every = source.column_map, length_sample_every(source, head)
@@ -179,10 +180,13 @@ def reject_lines(decisions: RowDecisions) -> bytes:
     return b"".join(lines)
 
 
-def run_stage(params: Prepare, counter: TokenCounter | None = None) -> dict[str, Any]:
-    """The DVC stage: params sources -> data/prepared/*, data/processed_data.jsonl, metrics."""
+def run_stage(
+    params: Prepare, counter: TokenCounter | None = None, review_statuses: tuple[str, ...] = REVIEWED
+) -> dict[str, Any]:
+    """The DVC stage: params sources -> data/prepared/*, data/processed_data.jsonl, metrics. From a
+    `selfinstruct` source (the review file) only rows of `review_statuses` are taken."""
     sources = sources_from_params(params)
-    processor = make_row_processor(params, counter or TokenizerCounter(paths.BASE_DIR))
+    processor = make_row_processor(params, counter or TokenizerCounter(paths.BASE_DIR), review_statuses=review_statuses)
     stats, formats = PrepareStats(), {}
     kept: list[tuple[str, str, bytes, bytes]] = []  # (id, split, chat row, guide row): sorted by id below
     paths.PREPARED_DIR.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,7 @@ from typing import Any
 
 from ta.config import Prepare
 from ta.data import filters, minhash, pii
-from ta.data.formats import normalise, to_alpaca, to_chat, to_guide_pair
+from ta.data.formats import REVIEWED, normalise, to_alpaca, to_chat, to_guide_pair
 from ta.data.io import LineBlock, RawRow, Record, dumpb, loads_quietly, parse_jsonl_line
 from ta.data.normalise import contents
 from ta.data.samples import RowRejected, Sample, own_text, with_system_prompt
@@ -79,6 +79,7 @@ class RowProcessor:
     redact_pii: bool
     near_dup: tuple[int, int, int]  # (num_perm, bands, rows per band); num_perm 0 = off
     guide_only: bool = False  # the guide's CLI writes only the guide's forms; the stage, the trainers' too
+    review_statuses: tuple[str, ...] = REVIEWED  # the statuses taken from a `selfinstruct` source
 
     def process_chunk(
         self, items: LineBlock | list[RawRow], file: str, fmt: str, columns: dict[str, str], every: int
@@ -131,6 +132,11 @@ class RowProcessor:
             sample = normalise(value, fmt, columns)
         except RowRejected as err:
             decisions.add(line, err.reason, err.detail, row_json)
+            return None
+        if fmt == "selfinstruct" and (status := value.get("status")) not in self.review_statuses:
+            reason = "review_rejected" if status == "rejected" else "review_pending"
+            note = f": {value['note']}" if isinstance(value.get("note"), str) and value["note"] else ""
+            decisions.add(line, reason, f'status "{status}"{note}', row_json)
             return None
         decisions.add(line, None, "", row_json)
         if self.redact_pii:
@@ -190,7 +196,9 @@ def normalised_opening(text: str) -> str:
     return match.group(0) if match else text[:3]
 
 
-def make_row_processor(params: Prepare, counter: TokenCounter, guide_only: bool = False) -> RowProcessor:
+def make_row_processor(
+    params: Prepare, counter: TokenCounter, guide_only: bool = False, review_statuses: tuple[str, ...] = REVIEWED
+) -> RowProcessor:
     rules = filters.Rules(
         params.min_tokens, params.max_tokens, tuple(params.refusal_patterns), params.system_prompt, counter
     )
@@ -201,4 +209,4 @@ def make_row_processor(params: Prepare, counter: TokenCounter, guide_only: bool 
         except ValueError as err:
             raise ParamsError(f"params.yaml: prepare: {err}; raise near_dup_num_perm") from None
         near = (params.near_dup_num_perm, *bands)
-    return RowProcessor(rules, params.redact_pii, near, guide_only)
+    return RowProcessor(rules, params.redact_pii, near, guide_only, review_statuses)

@@ -25,6 +25,7 @@ class Source:
     config: PrepareSource = field(default_factory=PrepareSource)
     length_every: int = 1  # token lengths counted in one of this many rows (length_sample_every)
     expected_rows: int = 0  # estimated from a large JSONL file's size (0: not estimated)
+    format: str = ""  # the format read, once known (named in params or detected)
 
     @property
     def column_map(self) -> dict[str, str]:

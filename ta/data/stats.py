@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ta.data.filters import ROW_FILTERS
+from ta.data.io import loads_quietly
 from ta.data.pii import PII_PATTERNS
 from ta.data.rows import RowDecisions
 from ta.data.sources import Source
@@ -18,9 +19,10 @@ from ta.data.sources import Source
 # `dvc metrics diff` compares the same keys run after run.
 STRUCTURAL_REASONS = ["not_utf8", "malformed_json", "wrong_top_level"]
 CONTENT_REASONS = ["missing_field", "wrong_type", "bad_roles", "no_pair"]
+REVIEW_REASONS = ["review_rejected", "review_pending"]  # a self-instruct pair a person rejected / did not review
 FILTER_REASONS = [reason for reason, _ in ROW_FILTERS]
 SET_REASONS = ["duplicate", "near_duplicate", "not_sampled", "over_cap"]
-REASONS = STRUCTURAL_REASONS + CONTENT_REASONS + FILTER_REASONS + SET_REASONS
+REASONS = STRUCTURAL_REASONS + CONTENT_REASONS + REVIEW_REASONS + FILTER_REASONS + SET_REASONS
 
 
 @dataclass
@@ -35,6 +37,8 @@ class PrepareStats:
     lengths: Counter[int] = field(default_factory=Counter)  # token length -> kept rows (estimated, see add)
     counted: int = 0  # kept rows whose token length was counted
     redacted: Counter[str] = field(default_factory=Counter)
+    # selfinstruct sources: rows in and kept per provenance (model, endpoint, templates, reviewer decision)
+    provenance: dict[str, dict[str, Counter[str]]] = field(default_factory=dict)
 
     def add(self, source: Source, decisions: RowDecisions) -> None:
         self.rows_in[source.name] += len(decisions.lines)
@@ -51,6 +55,16 @@ class PrepareStats:
             self.rejected.update(rejected)
             self.rejected_per_source.setdefault(source.name, Counter()).update(rejected)
         self.redacted.update(decisions.redacted)
+        if source.format == "selfinstruct":
+            self.count_provenance(source.name, decisions)
+
+    def count_provenance(self, name: str, decisions: RowDecisions) -> None:
+        groups = self.provenance.setdefault(name, {})
+        kept = {decisions.passed[k] for k in decisions.kept}
+        for i, raw in enumerate(decisions.rows):
+            counts = groups.setdefault(provenance_key(raw), Counter())
+            counts["rows_in"] += 1
+            counts["kept"] += i in kept
 
     def summary(self, sources: list[Source], formats: dict[str, str]) -> dict[str, Any]:
         kept, near = sum(self.kept.values()), self.rejected["near_duplicate"]
@@ -66,6 +80,7 @@ class PrepareStats:
                     "rows_in": self.rows_in[source.name],
                     "kept": self.kept[source.name],
                     "rejected": dict(sorted(self.rejected_per_source.get(source.name, Counter()).items())),
+                    **self.provenance_summary(source.name),
                 }
                 for source in sources
             },
@@ -78,6 +93,12 @@ class PrepareStats:
                 "tokens": self.token_stats(),
             },
         }
+
+    def provenance_summary(self, name: str) -> dict[str, Any]:
+        if name not in self.provenance:
+            return {}
+        groups = sorted(self.provenance[name].items())
+        return {"provenance": {key: {"rows_in": c["rows_in"], "kept": c["kept"]} for key, c in groups}}
 
     def token_stats(self) -> dict[str, float]:
         total = sum(self.lengths.values())
@@ -102,6 +123,15 @@ class PrepareStats:
             "max": ordered[-1][0],
             "counted_rows": self.counted,
         }
+
+
+def provenance_key(raw: bytes) -> str:
+    """Where a review-file row comes from and what the reviewer decided: "<model> @ <endpoint>, templates
+    <hash>: <status>" ("unknown" for a row without provenance)."""
+    row = loads_quietly(raw)
+    if not isinstance(row, dict) or not isinstance(origin := row.get("provenance"), dict):
+        return "unknown"
+    return f"{origin.get('model')} @ {origin.get('endpoint')}, templates {origin.get('template')}: {row.get('status')}"
 
 
 def length_buckets(lengths: Counter[int]) -> list[tuple[str, int]]:
