@@ -280,8 +280,9 @@ def test_two_processes_train_under_deepspeed_zero2(training_workspace: Path) -> 
 
 def test_under_an_external_launcher_the_stage_trains_in_place(training_workspace: Path) -> None:
     """`torchrun --nproc_per_node 2 -m stages.sft`: the stage sees it was launched and does not launch again;
-    both ranks train one model (plain DDP over gloo: no DeepSpeed config at sft.num_processes 1)."""
-    set_params(training_workspace, sft={"max_steps": 2, "save_steps": 0})
+    both ranks train one model. With `sft.deepspeed_config: ""` that is plain DDP over gloo (under the shipped
+    ds_config_zero2.json the launched ranks train under ZeRO-2: tests/e2e/test_multinode.py)."""
+    set_params(training_workspace, sft={"max_steps": 2, "save_steps": 0, "deepspeed_config": ""})
     result = run_module(
         "torch.distributed.run",
         training_workspace,
