@@ -65,12 +65,17 @@ def committed_lr(repo: Path) -> float:
     return float(yaml.safe_load(run(["git", "show", "HEAD:params.yaml"], cwd=repo).stdout)["lr"])
 
 
+# Shorter budgets beside the user's `-S lr=1e-4`, so that CI does not pay for a whole training run: which
+# stages rerun depends on which params changed, and every one of these belongs to a stage after prepare.
+SHORT = ["-S", "sft.max_steps=12", "-S", "dpo.max_steps=4", "-S", "eval.max_samples=8", "-S", "eval.max_generations=2"]
+
+
 @pytest.fixture(scope="module")
 def lr_experiment(pipeline_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, dict, str]:
-    """`dvc exp run -S lr=1e-4`, exactly as a user types it: (clone, dvc.lock outs before, after, output)."""
+    """`dvc exp run -S lr=1e-4` as a user types it (plus SHORT): (clone, dvc.lock outs before, after, output)."""
     repo = clone_with_results(pipeline_repo, tmp_path_factory.mktemp("exp") / "repo")
     before = lock_outs(repo)
-    result = run([DVC, "exp", "run", "-S", "lr=1e-4"], cwd=repo)
+    result = run([DVC, "exp", "run", "-S", "lr=1e-4", *SHORT], cwd=repo)
     return repo, before, lock_outs(repo), result.stdout + result.stderr
 
 
