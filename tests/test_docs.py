@@ -181,12 +181,30 @@ def test_every_make_target_shown_exists() -> None:
     assert shown <= targets, f"not in the Makefile: {shown - targets}"
 
 
+# `--help` answers at once: none of these is imported before a stage's code path needs it.
+HEAVY_MODULES = ("torch", "transformers", "trl", "peft", "datasets", "deepspeed", "llama_cpp", "numba", "dvclive")
+HELP_PROBE = """
+import runpy, sys
+sys.argv = [sys.argv[1], "--help"]
+try:
+    runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
+except SystemExit as exit:
+    assert exit.code in (0, None), exit.code
+print("HEAVY", sorted({{m.split(".")[0] for m in sys.modules}} & {heavy}))
+"""
+
+
 def test_every_stage_module_has_help() -> None:
     dvc_yaml = yaml.safe_load(read(REPO / "dvc.yaml"))
+    probe = HELP_PROBE.format(heavy=set(HEAVY_MODULES))
     for name, stage in dvc_yaml["stages"].items():
         module = stage["cmd"].split("-m ", 1)[1].split()[0]
         result = subprocess.run([sys.executable, "-m", module, "--help"], cwd=REPO, capture_output=True, text=True)
         assert result.returncode == 0 and "usage:" in result.stdout, (name, result.stderr[-500:])
+        result = subprocess.run([sys.executable, "-c", probe, module], cwd=REPO, capture_output=True, text=True)
+        assert result.returncode == 0, (name, result.stderr[-500:])
+        heavy = result.stdout.rsplit("HEAVY ", 1)[1].strip()
+        assert heavy == "[]", f"python -m {module} --help imports {heavy}"
 
 
 # ------------------------------------------------------------------------ params the pages set
