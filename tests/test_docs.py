@@ -396,6 +396,38 @@ def test_data_card_quotes_the_last_prepare_run() -> None:
     assert f"{splits['sft_eval']} and {splits['pref_eval']} for evaluation" in card
 
 
+# A phone number: a 400/800 service number, a mobile or a landline anywhere; a 5-digit 12xxx government line
+# or a 3-digit 11x/12x emergency number only shortly after a dial word (12000 and 110 are also sums).
+ANYWHERE = r"[48]00-?\d{3}-?\d{4}|1[3-9]\d{9}|0\d{2,3}-\d{7,8}"
+AFTER_DIAL_WORD = r"12\d{3}|1[12]\d"
+DIAL_WORD = r"(?:拨打|拨|报警|电话|热线|服务台|call|dial|phone)[^。；;.\n]{0,40}"
+
+
+def phone_numbers(text: str) -> set[str]:
+    """The phone numbers `text` gives (the shapes China's help lines take)."""
+    found = set(re.findall(rf"(?<![\d.-])(?:{ANYWHERE})(?![\d.-])", text))
+    for near in re.findall(DIAL_WORD, text, re.I):
+        found |= set(re.findall(rf"(?<![\d.-])(?:{AFTER_DIAL_WORD})(?![\d.-])", near))
+    return found
+
+
+def test_every_help_line_in_the_data_is_in_the_data_card() -> None:
+    section = read(REPO / "docs/data-card.md").split("## Help lines", 1)[1].split("\n## ", 1)[0]
+    table = set(re.findall(r"^\| `([\d-]+)` \|", section, re.M))
+    shipped = [*(REPO / "data/raw").glob("*.jsonl"), *(REPO / "data/selfinstruct").glob("*.jsonl")]
+    given = {number for path in shipped for number in phone_numbers(read(path))}
+    assert given <= table, f"help lines in data/raw missing from the data card: {sorted(given - table)}"
+    assert table <= given, f"the data card lists numbers the data no longer gives: {sorted(table - given)}"
+    assert "12356" in given
+
+
+def test_phone_number_search_finds_help_lines_not_sums() -> None:
+    text = "可以拨打心理援助热线 12356 或希望24热线 400-161-9995；如果有危险，请立即拨打 120 或 110。"
+    assert phone_numbers(text) == {"12356", "400-161-9995", "120", "110"}
+    assert phone_numbers("所以 69 + 41 = 110。\n答案：110；12 吨 = 12000 千克") == set()
+    assert phone_numbers("打 13912345678 或 010-12345678") == {"13912345678", "010-12345678"}
+
+
 def test_license_is_the_apache_2_text() -> None:
     text = read(REPO / "LICENSE")
     # md5 of https://www.apache.org/licenses/LICENSE-2.0.txt, the text as the ASF publishes it
