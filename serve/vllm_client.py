@@ -80,12 +80,18 @@ def chat_completion(
     url = base_url.rstrip("/") + "/chat/completions"
     with Deadline(timeout) as deadline:
         http_client = openai.DefaultHttpxClient(event_hooks={"response": [deadline.on_response]})
-        # the SDK insists on a key; a server without one ignores it. Its own retries would not respect the deadline.
+        # the SDK insists on a key: without one, a placeholder it never sends. Its retries would ignore the deadline.
         client = openai.OpenAI(base_url=base_url, api_key=api_key or "none", max_retries=0, http_client=http_client)
+        no_key = None if api_key else {"Authorization": openai.omit}
 
         def attempt() -> Any:
             return client.with_options(timeout=deadline.remaining()).chat.completions.create(
-                model=model, messages=messages, temperature=temperature, max_tokens=max_tokens, stream=stream
+                model=model,
+                messages=messages,  # type: ignore[arg-type]
+                temperature=temperature,
+                max_tokens=max_tokens,
+                stream=stream,
+                extra_headers=no_key,
             )
 
         try:
