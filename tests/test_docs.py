@@ -8,8 +8,11 @@ is generated from params.yaml and lists every key; the data card's counts are th
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
+import os
 import re
 import shlex
 import subprocess
@@ -179,6 +182,33 @@ def test_every_make_target_shown_exists() -> None:
     shown = {c.split()[1] for c in documented_commands() if c.startswith("make ")}
     assert {"run", "test", "test-all", "report"} <= shown
     assert shown <= targets, f"not in the Makefile: {shown - targets}"
+
+
+def make_exps(*args: str) -> str:
+    """`make exps` in the repository as it is (no install: the stamp counts as up to date), dvc from this venv."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    command = ["make", "-s", "-o", ".venv/.installed", "exps", *args]
+    return subprocess.run(command, cwd=REPO, env=env, check=True, capture_output=True, text=True).stdout
+
+
+def test_make_exps_is_the_exp_show_the_pages_show() -> None:
+    keep = re.search(r"^EXPS_KEEP := (.+)$", read(REPO / "Makefile"), re.M)[1]
+    command = f"dvc exp show --drop '.*' --keep '{keep}'"
+    assert make_exps("-n").strip() == command
+    for page in (README, README_ZH, REPO / "docs/experiments.md"):
+        shown = commands(read(page))
+        assert command in shown and "make exps" in shown, page
+
+
+def test_make_exps_shows_the_headline_columns_of_the_committed_run() -> None:
+    header, *rows = csv.reader(io.StringIO(make_exps("EXPS_ARGS=--csv")))
+    assert set(header) == {
+        "Experiment",
+        *("lr", "sft.method", "sft.lora.r", "dpo.beta"),
+        *("dvclive/sft/metrics.json:eval.loss", "dvclive/dpo/metrics.json:eval.loss"),
+        *("task.sft", "task.dpo", "task.gguf_q4_k_m", "quantization.q4_k_m_vs_f16_ppl_ratio"),
+    }
+    assert rows and all(len(row) == len(header) for row in rows)
 
 
 def test_every_stage_module_has_help() -> None:
