@@ -179,12 +179,17 @@ def test_malformed_events_and_bodies_are_one_clean_line(misbehaving, answer: Ans
     assert "\n" not in str(caught.value)
 
 
-def test_the_deadline_is_for_the_whole_answer_not_each_read(misbehaving) -> None:
+@pytest.mark.parametrize("stream", [True, False], ids=["stream", "whole"])
+def test_the_deadline_is_for_the_whole_answer_not_each_read(misbehaving, stream: bool) -> None:
     """A server that drips a piece every 0.1 s never lets a read time out; the 1 s deadline still holds."""
-    server = misbehaving(sse_answer(*[chunk_event("字")] * 100, delay=0.1))
+    if stream:
+        server = misbehaving(sse_answer(*[chunk_event("字")] * 100, delay=0.1))
+    else:
+        body = json.dumps(completion("字" * 100)).encode()
+        server = misbehaving(Answer(body=[body[i : i + 4] for i in range(0, len(body), 4)], delay=0.1))
     started = time.monotonic()
     with pytest.raises(ClientError, match=r"no answer from .* within 1s \(raise --timeout\)"):
-        ask(server, stream=True, timeout=1.0)
+        ask(server, stream=stream, timeout=1.0)
     assert time.monotonic() - started < 2.0
 
 
