@@ -13,8 +13,12 @@ STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 PYTEST_ARGS ?=
 PROFILE ?= profiles/qwen2.5-7b-guide.yaml
+# The columns `make exps` keeps of `dvc exp show`'s ~390 (every param and metric leaf): the knobs most often
+# swept and the headline metrics. --keep matches the start of a column name.
+EXPS_KEEP := Experiment|lr|sft\.method|sft\.lora\.r|dpo\.beta|.*eval\.loss|task\.(sft|dpo|gguf_q4_k_m)|quantization\..*ppl_ratio
+EXPS_ARGS ?=
 
-.PHONY: run real test test-all install install-test services lint report clean-venv
+.PHONY: run real test test-all install install-test services lint report exps clean-venv
 
 export PATH := $(abspath $(BIN)):$(PATH)
 
@@ -74,6 +78,11 @@ $(TEST_STAMP): requirements-test.txt $(STAMP)
 
 report: $(TEST_STAMP)
 	$(BIN)/python -m tools.pr_report
+
+# Runs and experiments side by side, in the columns worth comparing them by; EXPS_ARGS passes options on to
+# `dvc exp show` (--csv, --md, -A for every commit, --sort-by task.dpo).
+exps: $(STAMP)
+	dvc exp show --drop '.*' --keep '$(EXPS_KEEP)' $(EXPS_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

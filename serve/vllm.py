@@ -2,7 +2,9 @@
 
 Reads models/base/base.json (which base model: models/base itself for tiny and local models, else the hub
 "model" at its pinned "revision"), <serve.adapter_dir>/adapter_config.json (the LoRA rank) and the `serve`
-params. The API key comes from the environment variable named by `serve.api_key_env`, never from params or git.
+params. The API key comes from the environment variable named by `serve.api_key_env`, never from params or git,
+and reaches vLLM as its own `VLLM_API_KEY` environment variable: on the command line (`--api-key`) it would show
+in `ps` and in vLLM's start-up log of its arguments.
 
     python -m serve.vllm --dry-run     # print the command (API key masked)
     python -m serve.vllm               # run it (needs a GPU and `pip install -r requirements-gpu.txt`)
@@ -32,6 +34,7 @@ VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 VLLM_DTYPES = ("auto", "half", "float16", "bfloat16", "float", "float32")
 INSTALL_HINT = "vLLM is not installed: pip install -r requirements-gpu.txt (Linux + NVIDIA GPU)"
 MASK = "****"
+KEY_VARIABLE = "VLLM_API_KEY"  # vLLM's own: `vllm serve` requires it as a bearer token when set
 
 
 def base_model(base_json: Path) -> tuple[str, str | None]:
@@ -71,8 +74,9 @@ def max_lora_rank(rank: int) -> int:
     raise ServeError(f"adapter rank {rank} exceeds vLLM's largest --max-lora-rank {VLLM_LORA_RANKS[-1]}")
 
 
-def vllm_command(params: Serve, base_json: Path = paths.BASE_INFO, api_key: str | None = None) -> list[str]:
-    """The `vllm serve` argv for the base model with our adapter as the LoRA module `params.lora_name`."""
+def vllm_command(params: Serve, base_json: Path = paths.BASE_INFO) -> list[str]:
+    """The `vllm serve` argv for the base model with our adapter as the LoRA module `params.lora_name`.
+    It never holds the API key: that goes in the environment (`vllm_env`)."""
     if params.dtype not in VLLM_DTYPES:
         raise ServeError(f"params.yaml: serve.dtype: {params.dtype!r} is not one of {', '.join(VLLM_DTYPES)}")
     model, revision = base_model(base_json)
@@ -95,14 +99,21 @@ def vllm_command(params: Serve, base_json: Path = paths.BASE_INFO, api_key: str 
         "--port",
         str(params.port),
     ]
-    if api_key:
-        argv += ["--api-key", api_key]
     return argv
 
 
-def masked(argv: list[str]) -> list[str]:
-    """`argv` with the value after --api-key replaced, for printing and logs."""
-    return [MASK if i > 0 and argv[i - 1] == "--api-key" else arg for i, arg in enumerate(argv)]
+def vllm_env(api_key: str | None) -> dict[str, str]:
+    """The server's environment: ours, with the key as VLLM_API_KEY. Without a key an inherited VLLM_API_KEY is
+    dropped, so the server runs with exactly the key `serve.api_key_env` names, or none."""
+    env = {name: value for name, value in os.environ.items() if name != KEY_VARIABLE}
+    if api_key:
+        env[KEY_VARIABLE] = api_key
+    return env
+
+
+def shown(argv: list[str], api_key: str | None) -> str:
+    """The command as a shell line for printing and logs, the key masked."""
+    return (f"{KEY_VARIABLE}={MASK} " if api_key else "") + shlex.join(argv)
 
 
 def api_key_from_env(params: Serve) -> str | None:
@@ -134,15 +145,16 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> int:
         params = load_params().serve
-        command = vllm_command(params, args.base_json, api_key_from_env(params))
+        api_key = api_key_from_env(params)
+        command = vllm_command(params, args.base_json)
         if args.dry_run:
-            print(shlex.join(masked(command)))
+            print(shown(command, api_key))
             return 0
         if importlib.util.find_spec("vllm") is None:
             raise ServeError(INSTALL_HINT)
-        log.info("running %s", shlex.join(masked(command)))
+        log.info("running %s", shown(command, api_key))
         # the `vllm` entry point sits beside this interpreter, whether or not its venv is activated
-        return subprocess.call([str(Path(sys.executable).with_name("vllm")), *command[1:]])
+        return subprocess.call([str(Path(sys.executable).with_name("vllm")), *command[1:]], env=vllm_env(api_key))
 
     return report("vllm", body)
 

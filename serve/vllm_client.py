@@ -1,24 +1,25 @@
-"""Ask the TeachingAssistant a question over the OpenAI chat completions API (vLLM or llama.cpp's server).
+"""Ask the TeachingAssistant a question over the OpenAI chat completions API (vLLM or llama.cpp's server),
+through the official `openai` SDK.
 
     python serve/vllm_client.py --prompt "什么是线性代数？" [--stream] [--base-url http://127.0.0.1:8000/v1]
 
 Defaults come from params.yaml (`serve.*`, and `prepare.system_prompt`, the prompt the model was tuned
-with); the API key from the environment variable named by `serve.api_key_env` (TA_API_KEY). Any failure
-(server down, timeout, HTTP error) is one line on stderr and exit code 2.
+with); the API key from the environment variable named by `serve.api_key_env` (TA_API_KEY). `--timeout` is
+one deadline for the whole answer, retries included (serve/deadline.py); 429 and 502-504 are retried with
+backoff. A stream must end with a finish_reason: one cut before it is an error, not a short answer. Any
+failure (server down, deadline, HTTP error, a malformed reply) is one line on stderr and exit code 2.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-import requests
-
+from serve.deadline import Deadline, retry_after
 from ta.config import Params, load_project_params
 from ta.errors import ParamsError, UserError
 
@@ -43,34 +44,21 @@ def messages_for(prompt: str, system: str | None) -> list[dict[str, str]]:
     return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
 
 
-def post(url: str, body: dict[str, Any], api_key: str | None, timeout: float, stream: bool) -> requests.Response:
-    """POST JSON; turn every transport or HTTP failure into a one-line ClientError."""
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    try:
-        response = requests.post(url, json=body, headers=headers, timeout=timeout, stream=stream)
-    except requests.ConnectionError as err:
-        raise ServerDown(f"cannot connect to {url}: is the server running?") from err
-    except requests.Timeout as err:
-        raise ClientError(f"no answer from {url} within {timeout:g}s (raise --timeout)") from err
-    except requests.RequestException as err:  # a malformed --base-url, too many redirects, ...
-        raise ClientError(f"{url}: {type(err).__name__}: {err}") from err
-    if response.status_code == 401:
-        raise ClientError(f"{url}: 401 unauthorized: missing or wrong API key (the variable named by --api-key-env)")
-    if response.status_code >= 400:
-        raise ClientError(f"{url}: HTTP {response.status_code}: {error_text(response)}")
-    return response
+def one_line(value: object, limit: int = 300) -> str:
+    return " ".join(str(value).split())[:limit]
 
 
-def error_text(response: requests.Response) -> str:
-    """The server's own error message (OpenAI, FastAPI and Ollama shapes), on one line."""
-    try:
-        body = response.json()
-        message = body.get("error") or body.get("detail") or body
-        if isinstance(message, dict):
-            message = message.get("message", message)
-    except ValueError:
-        message = response.text
-    return " ".join(str(message).split())[:300]
+def error_text(body: object) -> str:
+    """The server's own error message from an error body of any shape (OpenAI's {"message"}, FastAPI's
+    {"detail"}, Ollama's {"error"}, or not an object at all), on one line."""
+    if isinstance(body, dict):
+        message = body.get("message") or body.get("detail") or body.get("error") or body
+        body = message.get("message", message) if isinstance(message, dict) else message
+    return one_line(body)
+
+
+def timed_out(url: str, timeout: float) -> ClientError:
+    return ClientError(f"no answer from {url} within {timeout:g}s (raise --timeout)")
 
 
 def chat_completion(
@@ -85,48 +73,126 @@ def chat_completion(
     stream: bool = False,
     on_text: Callable[[str], None] | None = None,
 ) -> Reply:
-    """One chat completion; with `stream`, `on_text` gets each piece of text as it arrives (SSE)."""
+    """One chat completion within `timeout` seconds overall; with `stream`, `on_text` gets each piece of text
+    as it arrives. Every failure is a ClientError."""
+    import openai
+
     url = base_url.rstrip("/") + "/chat/completions"
-    body = {
-        "model": model,
-        "messages": messages,
-        "temperature": temperature,
-        "max_tokens": max_tokens,
-        "stream": stream,
-    }
-    response = post(url, body, api_key, timeout, stream)
-    try:
-        if not stream:
-            choice = response.json()["choices"][0]
-            return Reply(choice["message"]["content"] or "", choice.get("finish_reason"))
-        pieces: list[str] = []
-        finish_reason = None
-        for event in sse_events(response):
-            if event.get("error"):
-                raise ClientError(f"{url}: error in stream: {event['error']}")
-            for choice in event.get("choices", []):
-                text = (choice.get("delta") or {}).get("content") or ""
-                if text:
-                    pieces.append(text)
-                    if on_text:
-                        on_text(text)
-                finish_reason = choice.get("finish_reason") or finish_reason
-        return Reply("".join(pieces), finish_reason)
-    except (KeyError, IndexError, TypeError, ValueError) as err:
-        raise ClientError(f"{url}: unexpected response shape ({type(err).__name__}: {err})") from err
-    except requests.RequestException as err:
-        raise ClientError(f"{url}: connection lost while reading the answer ({type(err).__name__})") from err
+    with Deadline(timeout) as deadline:
+        http_client = openai.DefaultHttpxClient(event_hooks={"response": [deadline.on_response]})
+        # the SDK insists on a key: without one, a placeholder it never sends. Its retries would ignore the deadline.
+        client = openai.OpenAI(base_url=base_url, api_key=api_key or "none", max_retries=0, http_client=http_client)
+        no_key = None if api_key else {"Authorization": openai.omit}
+
+        def attempt() -> Any:
+            return client.with_options(timeout=deadline.remaining()).chat.completions.create(
+                model=model,
+                messages=messages,  # type: ignore[arg-type]
+                temperature=temperature,
+                max_tokens=max_tokens,
+                stream=stream,
+                extra_headers=no_key,
+            )
+
+        try:
+            response = deadline.retry(attempt, refusal)
+            return read_stream(response, url, on_text) if stream else read_reply(response, url)
+        except (openai.OpenAIError, ClientError, ValueError) as err:
+            if deadline.expired:
+                raise timed_out(url, timeout) from err
+            if isinstance(err, ClientError):
+                raise
+            raise client_error(err, url, timeout, deadline.retries) from err
+        finally:
+            client.close()
 
 
-def sse_events(response: requests.Response) -> Iterator[dict[str, Any]]:
-    """The JSON payloads of a server-sent-events stream (`data: {...}` lines), up to `data: [DONE]`."""
-    for line in response.iter_lines(chunk_size=None):
-        if not line.startswith(b"data:"):
-            continue  # blank separators, ": ping" comments, event: names
-        data = line[len(b"data:") :].strip()
-        if data == b"[DONE]":
-            return
-        yield json.loads(data)
+def refusal(err: Exception) -> tuple[int, float | None] | None:
+    """(status, Retry-After) of an HTTP error answer, for Deadline.retry."""
+    import openai
+
+    if isinstance(err, openai.APIStatusError):
+        return err.status_code, retry_after(err.response.headers)
+    return None
+
+
+def client_error(err: Exception, url: str, timeout: float, retries: int) -> ClientError:
+    """The one line for an SDK error (or a reply that is not JSON)."""
+    import httpx2
+    import openai
+
+    if isinstance(err, openai.AuthenticationError):
+        return ClientError(f"{url}: 401 unauthorized: missing or wrong API key (the variable named by --api-key-env)")
+    if isinstance(err, openai.APIStatusError):
+        after = f" after {retries} {'retry' if retries == 1 else 'retries'}" if retries else ""
+        return ClientError(f"{url}: HTTP {err.status_code}{after}: {error_text(err.body)}")
+    if isinstance(err, openai.APITimeoutError):
+        return timed_out(url, timeout)
+    if isinstance(err, openai.APIConnectionError):
+        if isinstance(err.__cause__, httpx2.ConnectError):
+            return ServerDown(f"cannot connect to {url}: is the server running?")
+        cause = type(err.__cause__ or err).__name__
+        return ClientError(f"{url}: connection lost while reading the answer ({cause})")
+    if isinstance(err, openai.APIError):  # an error event inside the stream
+        return ClientError(f"{url}: error in stream: {error_text(err.body or err.message)}")
+    return ClientError(f"{url}: unexpected response shape ({type(err).__name__}: {one_line(err, 200)})")
+
+
+def read_reply(completion: object, url: str) -> Reply:
+    """The text and finish_reason of a whole (not streamed) completion, its shape checked: the SDK builds
+    its objects from any JSON without validating it."""
+    from openai.types.chat import ChatCompletion
+    from openai.types.chat.chat_completion import ChatCompletionMessage, Choice
+
+    if not isinstance(completion, ChatCompletion):
+        raise bad_shape(url, "the reply is not a JSON object", completion)
+    choices = completion.choices
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], Choice):
+        raise bad_shape(url, "the reply has no choices", choices)
+    message = choices[0].message
+    content = message.content if isinstance(message, ChatCompletionMessage) else None
+    if content is not None and not isinstance(content, str):
+        raise bad_shape(url, "the message content is not text", content)
+    return Reply(content or "", finish_reason_of(choices[0].finish_reason, url))
+
+
+def read_stream(chunks: Iterable[object], url: str, on_text: Callable[[str], None] | None) -> Reply:
+    """The streamed pieces, handed to `on_text` as they arrive. A stream that ends before any chunk carried
+    a finish_reason was cut (the server died, a proxy timed out): an error, not a short answer."""
+    from openai.types.chat import ChatCompletionChunk
+    from openai.types.chat.chat_completion_chunk import Choice, ChoiceDelta
+
+    pieces: list[str] = []
+    finish_reason = None
+    for chunk in chunks:
+        if not isinstance(chunk, ChatCompletionChunk):
+            raise bad_shape(url, "a stream event is not a JSON object", chunk)
+        choices = chunk.choices or []  # a usage-only chunk has none
+        if not isinstance(choices, list) or not all(isinstance(choice, Choice) for choice in choices):
+            raise bad_shape(url, "a stream event's choices are not objects", choices)
+        for choice in choices:
+            text = choice.delta.content if isinstance(choice.delta, ChoiceDelta) else None
+            if text is not None and not isinstance(text, str):
+                raise bad_shape(url, "a stream event's content is not text", text)
+            if text:
+                pieces.append(text)
+                if on_text:
+                    on_text(text)
+            finish_reason = finish_reason_of(choice.finish_reason, url) or finish_reason
+    if finish_reason is None:
+        got = f" after {len(''.join(pieces))} characters" if pieces else ""
+        raise ClientError(f"{url}: the stream ended{got} without a finish_reason: the answer was cut off")
+    return Reply("".join(pieces), finish_reason)
+
+
+def finish_reason_of(value: object, url: str) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise bad_shape(url, "finish_reason is not text", value)
+    return value
+
+
+def bad_shape(url: str, what: str, value: object) -> ClientError:
+    return ClientError(f"{url}: unexpected response shape: {what} ({one_line(repr(value), 80)})")
 
 
 def print_reply(reply: Reply, streamed: bool, max_tokens: int) -> None:
@@ -147,7 +213,7 @@ def common_args(parser: argparse.ArgumentParser, params: Params, base_url: str, 
     parser.add_argument("--stream", action="store_true", help="print the answer as it is generated")
     parser.add_argument("--temperature", type=float, default=params.serve.temperature)
     parser.add_argument("--max-tokens", type=int, default=512)
-    parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the server")
+    parser.add_argument("--timeout", type=float, default=120.0, help="seconds for the whole answer, retries included")
     parser.add_argument("--api-key-env", default=params.serve.api_key_env, help="env var holding the API key")
 
 

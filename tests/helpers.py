@@ -6,11 +6,13 @@
   (a one-character-per-token tokenizer, a micro Qwen2, arithmetic conversations and pairs)
 - a hand-countable token counter for prepare's filters, and small tokenizers of several kinds
 - Relay: a TCP relay in front of a real server that records the requests and can hold a stream back
+- MisbehavingServer: an HTTP server that answers as scripted (Answer): errors, non-objects, cut or dripped streams
 - the marking rule of the two test tiers (conftest.py applies it)
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -19,7 +21,9 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -564,3 +568,100 @@ class Relay:
 
     def close(self) -> None:
         self._listener.close()
+
+
+# ----------------------------------------------------------------------- a server that misbehaves
+
+
+@dataclasses.dataclass
+class Answer:
+    """One scripted HTTP answer. `body` as bytes goes out with a Content-Length; as a list, chunked, one
+    chunk each, `delay` seconds before each; `complete=False` then closes the connection before the last
+    (empty) chunk, as a server that dies mid-stream does."""
+
+    status: int = 200
+    body: bytes | list[bytes] = b""
+    content_type: str = "application/json"
+    headers: dict[str, str] = dataclasses.field(default_factory=dict)
+    delay: float = 0.0
+    complete: bool = True
+
+
+def json_answer(status: int, payload: Any, **headers: str) -> Answer:
+    return Answer(status, json.dumps(payload, ensure_ascii=False).encode(), headers=headers)
+
+
+def sse_answer(*events: Any, done: bool = True, **fields: Any) -> Answer:
+    """A server-sent-events stream of `events` (JSON values), then `data: [DONE]` unless done=False."""
+    chunks = [b"data: " + json.dumps(event, ensure_ascii=False).encode() + b"\n\n" for event in events]
+    return Answer(body=chunks + ([b"data: [DONE]\n\n"] if done else []), content_type="text/event-stream", **fields)
+
+
+def ndjson_answer(*objects: Any, **fields: Any) -> Answer:
+    """Ollama's stream: one JSON value a line."""
+    chunks = [json.dumps(value, ensure_ascii=False).encode() + b"\n" for value in objects]
+    return Answer(body=chunks, content_type="application/x-ndjson", **fields)
+
+
+def chunk_event(content: str | None = None, finish_reason: str | None = None) -> dict[str, Any]:
+    """One OpenAI chat.completion.chunk."""
+    delta = {"content": content} if content is not None else {}
+    choice = {"index": 0, "delta": delta, "finish_reason": finish_reason}
+    return {"id": "c", "object": "chat.completion.chunk", "created": 0, "model": "m", "choices": [choice]}
+
+
+class MisbehavingServer:
+    """An HTTP server on 127.0.0.1 (threading http.server) that answers each POST with the next of `answers`,
+    the last one for ever after, however wrong it is. `requests` records each request's path and JSON body."""
+
+    def __init__(self, *answers: Answer) -> None:
+        self.answers = list(answers)
+        self.requests: list[tuple[str, Any]] = []
+        lock = threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:  # noqa: N802 (the http.server API)
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with lock:
+                    server.requests.append((self.path, body))
+                    answer = server.answers.pop(0) if len(server.answers) > 1 else server.answers[0]
+                try:
+                    self.answer(answer)
+                except OSError:
+                    pass  # the client gave up (a deadline): nothing to finish
+                self.close_connection = True
+
+            def answer(self, answer: Answer) -> None:
+                self.send_response(answer.status)
+                self.send_header("Content-Type", answer.content_type)
+                self.send_header("Connection", "close")
+                for name, value in answer.headers.items():
+                    self.send_header(name, value)
+                if isinstance(answer.body, bytes):
+                    self.send_header("Content-Length", str(len(answer.body)))
+                    self.end_headers()
+                    self.wfile.write(answer.body)
+                    return
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                for chunk in answer.body:
+                    time.sleep(answer.delay)
+                    self.wfile.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+                    self.wfile.flush()
+                if answer.complete:
+                    self.wfile.write(b"0\r\n\r\n")
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()

@@ -8,8 +8,11 @@ is generated from params.yaml and lists every key; the data card's counts are th
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
+import os
 import re
 import shlex
 import subprocess
@@ -179,6 +182,33 @@ def test_every_make_target_shown_exists() -> None:
     shown = {c.split()[1] for c in documented_commands() if c.startswith("make ")}
     assert {"run", "test", "test-all", "report"} <= shown
     assert shown <= targets, f"not in the Makefile: {shown - targets}"
+
+
+def make_exps(*args: str) -> str:
+    """`make exps` in the repository as it is (no install: the stamp counts as up to date), dvc from this venv."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    command = ["make", "-s", "-o", ".venv/.installed", "exps", *args]
+    return subprocess.run(command, cwd=REPO, env=env, check=True, capture_output=True, text=True).stdout
+
+
+def test_make_exps_is_the_exp_show_the_pages_show() -> None:
+    keep = re.search(r"^EXPS_KEEP := (.+)$", read(REPO / "Makefile"), re.M)[1]
+    command = f"dvc exp show --drop '.*' --keep '{keep}'"
+    assert make_exps("-n").strip() == command
+    for page in (README, README_ZH, REPO / "docs/experiments.md"):
+        shown = commands(read(page))
+        assert command in shown and "make exps" in shown, page
+
+
+def test_make_exps_shows_the_headline_columns_of_the_committed_run() -> None:
+    header, *rows = csv.reader(io.StringIO(make_exps("EXPS_ARGS=--csv")))
+    assert set(header) == {
+        "Experiment",
+        *("lr", "sft.method", "sft.lora.r", "dpo.beta"),
+        *("dvclive/sft/metrics.json:eval.loss", "dvclive/dpo/metrics.json:eval.loss"),
+        *("task.sft", "task.dpo", "task.gguf_q4_k_m", "quantization.q4_k_m_vs_f16_ppl_ratio"),
+    }
+    assert rows and all(len(row) == len(header) for row in rows)
 
 
 # `--help` answers at once: none of these is imported before a stage's code path needs it.
@@ -412,6 +442,38 @@ def test_data_card_quotes_the_last_prepare_run() -> None:
     assert f"prepare keeps {stats['kept']:,} of the {stats['rows_in']:,} rows ({stats['rejected']} drill rows" in card
     assert f"{splits['sft_train']} SFT rows and {splits['pref_train']} pairs for training" in card
     assert f"{splits['sft_eval']} and {splits['pref_eval']} for evaluation" in card
+
+
+# A phone number: a 400/800 service number, a mobile or a landline anywhere; a 5-digit 12xxx government line
+# or a 3-digit 11x/12x emergency number only shortly after a dial word (12000 and 110 are also sums).
+ANYWHERE = r"[48]00-?\d{3}-?\d{4}|1[3-9]\d{9}|0\d{2,3}-\d{7,8}"
+AFTER_DIAL_WORD = r"12\d{3}|1[12]\d"
+DIAL_WORD = r"(?:拨打|拨|报警|电话|热线|服务台|call|dial|phone)[^。；;.\n]{0,40}"
+
+
+def phone_numbers(text: str) -> set[str]:
+    """The phone numbers `text` gives (the shapes China's help lines take)."""
+    found = set(re.findall(rf"(?<![\d.-])(?:{ANYWHERE})(?![\d.-])", text))
+    for near in re.findall(DIAL_WORD, text, re.I):
+        found |= set(re.findall(rf"(?<![\d.-])(?:{AFTER_DIAL_WORD})(?![\d.-])", near))
+    return found
+
+
+def test_every_help_line_in_the_data_is_in_the_data_card() -> None:
+    section = read(REPO / "docs/data-card.md").split("## Help lines", 1)[1].split("\n## ", 1)[0]
+    table = set(re.findall(r"^\| `([\d-]+)` \|", section, re.M))
+    shipped = [*(REPO / "data/raw").glob("*.jsonl"), *(REPO / "data/selfinstruct").glob("*.jsonl")]
+    given = {number for path in shipped for number in phone_numbers(read(path))}
+    assert given <= table, f"help lines in data/raw missing from the data card: {sorted(given - table)}"
+    assert table <= given, f"the data card lists numbers the data no longer gives: {sorted(table - given)}"
+    assert "12356" in given
+
+
+def test_phone_number_search_finds_help_lines_not_sums() -> None:
+    text = "可以拨打心理援助热线 12356 或希望24热线 400-161-9995；如果有危险，请立即拨打 120 或 110。"
+    assert phone_numbers(text) == {"12356", "400-161-9995", "120", "110"}
+    assert phone_numbers("所以 69 + 41 = 110。\n答案：110；12 吨 = 12000 千克") == set()
+    assert phone_numbers("打 13912345678 或 010-12345678") == {"13912345678", "010-12345678"}
 
 
 def test_license_is_the_apache_2_text() -> None:

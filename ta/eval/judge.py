@@ -76,25 +76,35 @@ def judge_messages(question: str, reference: str, answer: str) -> list[dict[str,
 def ask_judge(
     base_url: str, model: str, messages: list[dict[str, str]], api_key: str | None, timeout_s: float = 120.0
 ) -> str:
-    """One chat completion (temperature 0, JSON mode with the verdict schema); returns the reply text."""
-    import requests
+    """One chat completion through the openai SDK (temperature 0, JSON mode with the verdict schema; the SDK
+    retries 429, 5xx and dropped connections twice with backoff); returns the reply text."""
+    import openai
 
     url = base_url.rstrip("/") + "/chat/completions"
-    body: dict[str, Any] = {
-        "model": model,
-        "messages": messages,
-        "temperature": 0.0,
-        "max_tokens": 64,
-        "response_format": {"type": "json_object", "schema": VERDICT_SCHEMA},
-    }
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    client = openai.OpenAI(base_url=base_url, api_key=api_key or "none", timeout=timeout_s)
+    no_key = None if api_key else {"Authorization": openai.omit}  # the SDK insists on a key: a placeholder, not sent
     try:
-        response = requests.post(url, json=body, headers=headers, timeout=timeout_s)
-    except requests.RequestException as err:
-        raise JudgeError(f"{url}: judge endpoint unreachable ({type(err).__name__}); is the server running?") from err
-    if response.status_code != 200:
-        raise JudgeError(f"{url}: judge answered HTTP {response.status_code}: {response.text[:200]}")
-    return response.json()["choices"][0]["message"]["content"] or ""
+        response = client.chat.completions.create(
+            model=model,
+            messages=messages,  # type: ignore[arg-type]
+            temperature=0.0,
+            max_tokens=64,
+            response_format={"type": "json_object", "schema": VERDICT_SCHEMA},  # type: ignore[typeddict-unknown-key]
+            extra_headers=no_key,
+        )
+    except openai.APIStatusError as err:
+        raise JudgeError(f"{url}: judge answered HTTP {err.status_code}: {str(err.body)[:200]}") from err
+    except openai.APIConnectionError as err:
+        cause = type(err.__cause__ or err).__name__
+        raise JudgeError(f"{url}: judge endpoint unreachable ({cause}); is the server running?") from err
+    finally:
+        client.close()
+    choices = getattr(response, "choices", None)
+    message = getattr(choices[0], "message", None) if isinstance(choices, list) and choices else None
+    content = getattr(message, "content", None)
+    if content is not None and not isinstance(content, str):
+        raise JudgeError(f"{url}: the judge's reply is not a chat completion")
+    return content or ""
 
 
 def judge_answers(

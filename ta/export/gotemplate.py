@@ -1,7 +1,9 @@
 """A renderer for the small subset of Go's text/template that our Ollama TEMPLATE uses.
 
-Ollama renders a Modelfile TEMPLATE with Go's text/template; Go is not available here, so the equivalence
-check (HF jinja template vs Ollama template, same conversation, same string) runs through this renderer.
+Ollama renders a Modelfile TEMPLATE with Go's text/template. The quantize stage checks, before it writes a
+Modelfile, that the TEMPLATE renders what the HF jinja template does for the same conversations; it renders
+through this module so that the pipeline needs no Go. The tests check this renderer against Go's own
+text/template (tools/gotemplate/main.go, built with Debian's Go) on the same templates and values.
 Supported: text, `{{ .Field }}`, `{{ $.Field }}`, `{{ range .List }}…{{ end }}`,
 `{{ if [not] .Field }}…{{ else }}…{{ end }}` and the `{{-`/`-}}` whitespace trim markers. Anything else
 raises GoTemplateError, so a template outside the subset is never rendered wrongly.

@@ -3,6 +3,7 @@ OpenAI-compatible server (the session's `llama_server`, serving the pipeline's q
 
 from __future__ import annotations
 
+import json
 import socket
 from types import SimpleNamespace
 
@@ -87,7 +88,8 @@ def test_judge_sends_the_api_key_from_the_environment(
         assert len(relay.requests) == 1  # judge_max_samples
         headers, body = relay.request_head_and_body()
         assert headers["authorization"] == f"Bearer {llama_server.key}"
-        assert b'"response_format"' in body and b'"model": "ta-lora"' in body
+        request = json.loads(body)
+        assert request["model"] == "ta-lora" and request["response_format"]["schema"] == judge.VERDICT_SCHEMA
 
         monkeypatch.delenv("TA_TEST_JUDGE_KEY")
         with pytest.raises(judge.JudgeError, match=r"judge answered HTTP 401"):

@@ -1,4 +1,5 @@
-"""The subset of Go's text/template that Ollama templates use (ta/export/gotemplate.py), rendered in Python."""
+"""The subset of Go's text/template that Ollama templates use (ta/export/gotemplate.py), rendered in Python and
+checked against Go's own text/template (the `go_template` fixture); what lies outside the subset is refused."""
 
 from __future__ import annotations
 
@@ -7,14 +8,15 @@ import pytest
 from ta.export import gotemplate
 
 
-def test_go_renderer_subset() -> None:
+def test_go_renderer_subset(go_template) -> None:
     template = (
         "{{- if not .System }}none{{ else }}[{{ .System }}]{{ end -}}  \n"
         "{{ range .Items }}<{{ .A }}|{{ $.System }}>{{ end }}"
     )
     data = {"System": "s", "Items": [{"A": 1}, {"A": 2}]}
-    assert gotemplate.render(template, data) == "[s]<1|s><2|s>"
+    assert gotemplate.render(template, data) == go_template(template, data) == "[s]<1|s><2|s>"
     assert gotemplate.render(template, {"System": "", "Items": []}) == "none"
+    assert go_template(template, {"System": "", "Items": []}) == "none"
     with pytest.raises(gotemplate.GoTemplateError, match="unsupported action"):
         gotemplate.render("{{ len .Items }}", data)
     with pytest.raises(gotemplate.GoTemplateError, match="not closed"):
@@ -34,8 +36,8 @@ def test_go_renderer_subset() -> None:
         ),
     ],
 )
-def test_go_actions(template: str, data: dict, rendered: str) -> None:
-    assert gotemplate.render(template, data) == rendered
+def test_go_actions(go_template, template: str, data: dict, rendered: str) -> None:
+    assert gotemplate.render(template, data) == go_template(template, data) == rendered
 
 
 @pytest.mark.parametrize(

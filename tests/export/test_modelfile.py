@@ -1,5 +1,7 @@
-"""The Ollama Modelfile (ta/export/modelfile.py): its TEMPLATE renders what the HF chat template renders, its
-stops end every reply, and what cannot be converted is an error naming the file."""
+"""The Ollama Modelfile (ta/export/modelfile.py): its TEMPLATE, rendered by Go's own text/template (the
+`go_template` fixture, as Ollama renders it), gives what the HF chat template renders; its stops end every
+reply; what cannot be converted is an error naming the file. The stage's own check renders through
+ta/export/gotemplate.py, so each Go rendering is also compared with it."""
 
 from __future__ import annotations
 
@@ -12,7 +14,14 @@ from types import SimpleNamespace
 import pytest
 
 from ta.config import load_params
-from ta.export.modelfile import ModelfileError, ollama_prompt, render_hf, stop_tokens, write_modelfile
+from ta.export.modelfile import (
+    ModelfileError,
+    ollama_prompt,
+    ollama_values,
+    render_hf,
+    stop_tokens,
+    write_modelfile,
+)
 from tests.helpers import REPO
 
 SERVE = load_params(REPO / "params.yaml").serve
@@ -67,6 +76,14 @@ CONVERSATIONS = [
 TOKENS = {"bos_token": "", "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>", "unk_token": ""}
 
 
+def as_ollama(go_template, template: str, messages: list[dict[str, str]], modelfile_system: str) -> str:
+    """The prompt Ollama builds: the TEMPLATE filled by Go's text/template with what /api/chat hands it; the
+    stage's Python renderer must give the same."""
+    prompt = go_template(template, ollama_values(messages, modelfile_system))
+    assert ollama_prompt(template, messages, modelfile_system) == prompt
+    return prompt
+
+
 def make_model_dir(root: Path, template: str, *, as_jinja_file: bool = False) -> Path:
     """A model dir as transformers saves it: tokenizer_config.json (+ chat_template.jinja), generation config."""
     model_dir = root / "merged"
@@ -111,7 +128,9 @@ def generate(tmp_path: Path, template: str, **kwargs: bool) -> tuple[Path, dict[
 
 @pytest.mark.parametrize("template", [CHATML, QWEN25], ids=["chatml", "qwen2.5"])
 @pytest.mark.parametrize("modelfile_system", [SYSTEM, ""], ids=["SYSTEM", "no-SYSTEM"])
-def test_go_template_renders_like_hf_template(tmp_path: Path, template: str, modelfile_system: str) -> None:
+def test_go_template_renders_like_hf_template(
+    go_template, tmp_path: Path, template: str, modelfile_system: str
+) -> None:
     _, modelfile = generate(tmp_path, template)
     for conversation in CONVERSATIONS:
         # what the model sees from HF: the Modelfile SYSTEM stands in for a missing system message
@@ -119,20 +138,20 @@ def test_go_template_renders_like_hf_template(tmp_path: Path, template: str, mod
         if modelfile_system and conversation[0]["role"] != "system":
             hf_messages = [{"role": "system", "content": modelfile_system}, *conversation]
         expected = render_hf(template, hf_messages, TOKENS)
-        assert ollama_prompt(modelfile["template"], conversation, modelfile_system) == expected
+        assert as_ollama(go_template, modelfile["template"], conversation, modelfile_system) == expected
 
 
-def test_chatml_prompt_is_exactly_the_contract_format(tmp_path: Path) -> None:
+def test_chatml_prompt_is_exactly_the_contract_format(go_template, tmp_path: Path) -> None:
     _, modelfile = generate(tmp_path, CHATML)
-    prompt = ollama_prompt(modelfile["template"], [{"role": "user", "content": "q"}], "sys")
+    prompt = as_ollama(go_template, modelfile["template"], [{"role": "user", "content": "q"}], "sys")
     assert prompt == "<|im_start|>system\nsys<|im_end|>\n<|im_start|>user\nq<|im_end|>\n<|im_start|>assistant\n"
 
 
-def test_qwen_default_system_appears_only_without_system(tmp_path: Path) -> None:
+def test_qwen_default_system_appears_only_without_system(go_template, tmp_path: Path) -> None:
     _, modelfile = generate(tmp_path, QWEN25)
-    bare = ollama_prompt(modelfile["template"], [{"role": "user", "content": "q"}], "")
+    bare = as_ollama(go_template, modelfile["template"], [{"role": "user", "content": "q"}], "")
     assert bare.startswith("<|im_start|>system\nYou are Qwen, created by Alibaba Cloud.")
-    with_system = ollama_prompt(modelfile["template"], [{"role": "user", "content": "q"}], SYSTEM)
+    with_system = as_ollama(go_template, modelfile["template"], [{"role": "user", "content": "q"}], SYSTEM)
     assert "You are Qwen" not in with_system
     assert with_system.startswith(f"<|im_start|>system\n{SYSTEM}<|im_end|>\n")
 
@@ -193,7 +212,9 @@ def test_generation_eos_outside_the_tokenizer_is_an_error(tmp_path: Path) -> Non
         stop_tokens(model_dir)
 
 
-def test_the_chains_merged_model_template_matches_transformers(chain: SimpleNamespace, tmp_path: Path) -> None:
+def test_the_chains_merged_model_template_matches_transformers(
+    go_template, chain: SimpleNamespace, tmp_path: Path
+) -> None:
     """On the merged model the pipeline made: the Go template renders what transformers' apply_chat_template
     does, and the stage's own Modelfile points at the quantized file beside it."""
     from ta.models import load_tokenizer
@@ -209,7 +230,7 @@ def test_the_chains_merged_model_template_matches_transformers(chain: SimpleName
             else [{"role": "system", "content": SYSTEM}, *conversation]
         )
         expected = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        assert ollama_prompt(modelfile["template"], conversation, SYSTEM) == expected
+        assert as_ollama(go_template, modelfile["template"], conversation, SYSTEM) == expected
     assert {"<|im_end|>", "<|endoftext|>", "<|im_start|>"} <= set(modelfile["stops"])
 
     shipped = parse_modelfile(chain.modelfile.read_text(encoding="utf-8"))

@@ -1,4 +1,6 @@
-"""The Ollama client (serve/ollama_client.py) against a server speaking Ollama's own /api/chat."""
+"""The Ollama client (serve/ollama_client.py, on the `ollama` package) against a server speaking Ollama's own
+/api/chat, then against servers that misbehave: lines and error bodies that are not objects, an error
+inside the stream, a server that drips past the deadline, 503 retried."""
 
 from __future__ import annotations
 
@@ -6,14 +8,16 @@ import json
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import pytest
 
 from serve.ollama_client import ollama_chat
-from tests.helpers import REPO, free_port, repo_env
+from serve.vllm_client import ClientError
+from tests.helpers import REPO, MisbehavingServer, free_port, json_answer, ndjson_answer, repo_env
 
 ANSWER_PIECES = ["线性代数", "研究向量", "和线性映射。"]
 ANSWER = "".join(ANSWER_PIECES)
@@ -122,6 +126,7 @@ def test_ollama_chat_request_and_reply_shape(server: str) -> None:
         "messages": messages,
         "stream": False,
         "options": {"temperature": 0.2, "num_predict": 64},
+        "tools": [],  # the ollama package always sends the (empty) tool list
     }
 
 
@@ -164,14 +169,12 @@ def test_a_stream_that_ends_without_done_is_an_error(server: str) -> None:
         def answer() -> None:
             conn, _ = listener.accept()
             conn.recv(65536)
-            piece = json.dumps({"message": {"content": "半"}, "done": False}).encode() + b"\n"
+            piece = json.dumps({"message": {"role": "assistant", "content": "半"}, "done": False}).encode() + b"\n"
             head = b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nConnection: close\r\n\r\n"
             conn.sendall(head + piece)
             conn.close()
 
         threading.Thread(target=answer, daemon=True).start()
-        from serve.vllm_client import ClientError
-
         with pytest.raises(ClientError, match=r'/api/chat: stream ended without a final "done": true object'):
             ollama_chat(
                 f"http://127.0.0.1:{port}", "teachingassistant", [{"role": "user", "content": "q"}], stream=True
@@ -187,3 +190,54 @@ def test_dead_server_is_one_clear_line_and_exit_2() -> None:
         result.stderr
         == f"error: cannot connect to {url}/api/chat: is the server running?; start it with `ollama serve`\n"
     )
+
+
+# ---------------------------------------------------------------------- servers that misbehave
+
+
+def ask(server: MisbehavingServer, **kwargs: Any) -> Any:
+    return ollama_chat(server.url, "teachingassistant", [{"role": "user", "content": "q"}], **kwargs)
+
+
+def piece(content: str, done: bool = False) -> dict[str, Any]:
+    return {"model": "teachingassistant", "message": {"role": "assistant", "content": content}, "done": done}
+
+
+@pytest.mark.parametrize(
+    ("answer", "stream", "message"),
+    [
+        (ndjson_answer(piece("半"), [1, 2]), True, "unexpected response shape"),
+        (ndjson_answer(piece("半"), {"message": "x", "done": True}), True, "unexpected response shape"),
+        (json_answer(500, ["boom"]), False, "HTTP 500: ['boom']"),
+        (json_answer(500, ["boom"]), True, "HTTP 500: ['boom']"),
+        (json_answer(200, "x"), False, "unexpected response shape"),
+        (ndjson_answer(piece("半"), {"error": "model runner crashed"}), True, "/api/chat: model runner crashed"),
+    ],
+    ids=["line-list", "message-str", "error-list", "stream-error-list", "reply-str", "error-in-stream"],
+)
+def test_malformed_lines_and_bodies_are_one_clean_line(misbehaving, answer, stream: bool, message: str) -> None:
+    server = misbehaving(answer)
+    with pytest.raises(ClientError) as caught:
+        ask(server, stream=stream)
+    assert message in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_the_deadline_is_for_the_whole_answer_not_each_read(misbehaving) -> None:
+    server = misbehaving(ndjson_answer(*[piece("字")] * 100, delay=0.1))
+    started = time.monotonic()
+    with pytest.raises(ClientError, match=r"no answer from .*/api/chat within 1s \(raise --timeout\)"):
+        ask(server, stream=True, timeout=1.0)
+    assert time.monotonic() - started < 2.0
+
+
+def test_503_then_200_is_retried(misbehaving) -> None:
+    server = misbehaving(json_answer(503, {"error": "loading model"}), ndjson_answer(piece("好"), piece("", done=True)))
+    assert ask(server, stream=True).text == "好"
+    assert len(server.requests) == 2
+
+
+def test_503_until_the_deadline_says_so(misbehaving) -> None:
+    server = misbehaving(json_answer(503, {"error": "server busy"}))
+    with pytest.raises(ClientError, match=r"HTTP 503 after 1 retry: server busy"):
+        ask(server, timeout=1.2)

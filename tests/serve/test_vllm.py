@@ -92,19 +92,49 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
+FAKE_KEY = "fake-key-7f3a9c"  # planted, then searched for in everything the launch shows or hands over
+
+
 def test_dry_run_takes_api_key_from_env_and_masks_it(project: Path, monkeypatch, capsys) -> None:
-    monkeypatch.setenv("TA_API_KEY", "s3cret-value")
+    monkeypatch.setenv("TA_API_KEY", FAKE_KEY)
     assert vllm.main(["--dry-run", "--base-json", "base.json"]) == 0
     out = capsys.readouterr().out
-    assert "s3cret-value" not in out
-    assert "--api-key '****'" in out
+    assert FAKE_KEY not in out
+    assert out.startswith("VLLM_API_KEY=**** vllm serve ")
+    assert "--api-key" not in out
     assert "--lora-modules ta-lora=models/dpo --max-lora-rank 16" in out
 
 
-def test_api_key_goes_into_the_real_command(project: Path, monkeypatch) -> None:
-    monkeypatch.setenv("TA_API_KEY", "s3cret-value")
-    params = serve_params(adapter_dir="models/dpo")
-    assert flag(vllm_command(params, Path("base.json"), vllm.api_key_from_env(params)), "--api-key") == "s3cret-value"
+@pytest.fixture
+def launched(project: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
+    """Run `python -m serve.vllm` for real up to the process start, which is recorded instead of run."""
+    started: dict = {}
+
+    def call(argv: list[str], env: dict[str, str]) -> int:
+        started.update(argv=argv, env=env)
+        return 0
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: name == "vllm" or real_find_spec(name, *a))
+    monkeypatch.setattr(vllm.subprocess, "call", call)
+    return started
+
+
+def test_api_key_reaches_vllm_through_its_environment_not_argv(launched: dict, monkeypatch, caplog) -> None:
+    monkeypatch.setenv("TA_API_KEY", FAKE_KEY)
+    with caplog.at_level("INFO"):
+        assert vllm.main(["--base-json", "base.json"]) == 0
+    assert not [arg for arg in launched["argv"] if FAKE_KEY in arg]  # what `ps` and vLLM's start-up log show
+    assert "--api-key" not in launched["argv"]
+    assert launched["env"]["VLLM_API_KEY"] == FAKE_KEY
+    assert FAKE_KEY not in caplog.text
+    assert "VLLM_API_KEY=****" in caplog.text
+
+
+def test_without_a_key_an_inherited_vllm_api_key_is_not_passed_on(launched: dict, monkeypatch) -> None:
+    monkeypatch.setenv("VLLM_API_KEY", "left-over")
+    assert vllm.main(["--base-json", "base.json"]) == 0
+    assert "VLLM_API_KEY" not in launched["env"]
 
 
 def test_public_host_without_api_key_is_refused(project: Path, capsys) -> None:

@@ -1,0 +1,3 @@
+module teachingassistant/tools/gotemplate
+
+go 1.19
