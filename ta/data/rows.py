@@ -15,7 +15,7 @@ from typing import Any
 from ta.config import Prepare
 from ta.data import filters, minhash, pii
 from ta.data.formats import REVIEWED, normalise, to_alpaca, to_chat, to_guide_pair
-from ta.data.io import LineBlock, RawRow, Record, dumpb, loads_quietly, parse_jsonl_line
+from ta.data.io import LineBlock, RawRow, Record, dumpb, loads_quietly, parse_jsonl_line, strict_json_bytes
 from ta.data.normalise import contents
 from ta.data.samples import RowRejected, Sample, own_text, with_system_prompt
 from ta.data.split import row_id
@@ -119,17 +119,21 @@ class RowProcessor:
         self, item: RawRow, file: str, fmt: str, columns: dict[str, str], decisions: RowDecisions
     ) -> Sample | None:
         """Parse and normalise one row into `decisions`: its sample, or None when it is rejected already."""
-        if isinstance(item, tuple) and isinstance(value := loads_quietly(item[1]), dict):
+        fast = isinstance(item, tuple) and isinstance(value := loads_quietly(item[1]), dict)
+        if fast:
             line, row_json = item  # a well-formed JSONL line, the common case: no Record needed
         else:
             record = item if isinstance(item, Record) else parse_jsonl_line(file, *item)
             if record.error is not None:
                 error = record.error
-                decisions.add(record.line, error.reason, str(error), json.dumps(error.raw, ensure_ascii=False).encode())
+                as_read = json.dumps(error.raw, ensure_ascii=False).encode("utf-8", "backslashreplace")
+                decisions.add(record.line, error.reason, str(error), as_read)
                 return None
-            line, value, row_json = record.line, record.value, record.raw or _json_bytes(record.value)
+            line, value, row_json = record.line, record.value, record.raw or strict_json_bytes(record.value)
         try:
             sample = normalise(value, fmt, columns)
+            if not fast:  # read by the json module (or from the hub): orjson refuses lone surrogates, it does not
+                check_encodable(sample, f"{file}:{line}")
         except RowRejected as err:
             decisions.add(line, err.reason, err.detail, row_json)
             return None
@@ -178,9 +182,18 @@ class RowProcessor:
         return normalised
 
 
-def _json_bytes(value: Any) -> bytes:
-    """A parsed row as JSON text again; a lone surrogate (from a \\ud800 escape) is written as that escape."""
-    return json.dumps(value, ensure_ascii=False, default=str).encode("utf-8", "backslashreplace")
+def check_encodable(sample: Sample, where: str) -> None:
+    """Every text of the sample is Unicode that UTF-8 can hold: a \\ud800 escape in JSON gives a lone
+    surrogate, which no tokenizer or output file takes (orjson refuses such lines; the json module does not)."""
+    texts = [m["content"] for m in sample.messages] + [t for t in (sample.chosen, sample.rejected) if t is not None]
+    for text in texts:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as err:
+            code = ord(text[err.start])
+            raise RowRejected(
+                "not_utf8", f"{where}: a text holds the lone surrogate \\u{code:04x}, not a character; fix the escape"
+            ) from None
 
 
 OPENING_CHARS = re.compile(r"[^\s\d]{1,3}")
