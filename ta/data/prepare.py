@@ -41,7 +41,7 @@ from ta.data.sources import (
 from ta.data.split import is_eval
 from ta.data.stats import STRUCTURAL_REASONS, PrepareStats, write_plot_data
 from ta.data.tokens import TokenCounter, TokenizerCounter
-from ta.errors import DataError
+from ta.errors import DataError, PrepareError
 
 log = logging.getLogger("prepare")
 
@@ -211,6 +211,7 @@ def run_stage(
 
 def run_cli(params: Prepare, inputs: list[str], output: Path, fmt: str, counter: TokenCounter) -> dict[str, Any]:
     """The guide's command: every kept row to `output` in input order (guide forms), rejects beside it."""
+    refuse_overwriting_inputs(inputs, [output, rejects_path(output)])
     sources = [Source(path, "any", PrepareSource(path=path, format=fmt)) for path in inputs]
     processor = make_row_processor(params, counter, guide_only=True)
     stats, formats = PrepareStats(), {}
@@ -220,6 +221,22 @@ def run_cli(params: Prepare, inputs: list[str], output: Path, fmt: str, counter:
             out.write(b"".join([decisions.guide[k] for k in decisions.kept]))
             rejects.write(reject_lines(decisions))
     return stats.summary(sources, formats)
+
+
+def refuse_overwriting_inputs(inputs: list[str], outputs: list[Path]) -> None:
+    """Stop before anything is opened for writing when an output is one of the inputs: the same path, or the
+    same file through a symlink, `..` or a hard link. Opening it for writing would empty the input."""
+    for output in outputs:
+        for name in inputs:
+            source = Path(name)
+            same = output.resolve() == source.resolve()
+            if not same and output.exists() and source.exists():
+                same = os.path.samefile(output, source)
+            if same:
+                raise PrepareError(
+                    f"{output}: this output is the input {name}; writing it would destroy the input. "
+                    "Choose another --output (the rejects go to <output stem>.rejects.jsonl)"
+                )
 
 
 def rejects_path(output: Path) -> Path:

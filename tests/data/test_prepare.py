@@ -382,3 +382,33 @@ def test_two_worker_processes_give_the_same_files_as_one(
     two = run_cli([big], tmp_path / "two.jsonl", on_error="skip", num_proc=2)
     assert one == two and two["rows_in"] == 36 and two["kept"] == 1
     assert (tmp_path / "one.rejects.jsonl").read_bytes() == (tmp_path / "two.rejects.jsonl").read_bytes()
+
+
+@pytest.mark.parametrize("spelling", ["same", "dotdot", "symlink", "hardlink", "rejects"])
+def test_cli_refuses_an_output_that_is_an_input(
+    spelling: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ta.data import tokens
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(tokens, "TokenizerCounter", lambda _: hand_counter())
+    (tmp_path / "raw").mkdir()
+    source = tmp_path / "raw" / ("out.rejects.jsonl" if spelling == "rejects" else "qa.jsonl")
+    source.write_text(GOOD + "\n", encoding="utf-8")
+    output = {
+        "same": "raw/qa.jsonl",
+        "dotdot": "raw/../raw/./qa.jsonl",
+        "symlink": "link.jsonl",
+        "hardlink": "hard.jsonl",
+        "rejects": "raw/out.jsonl",  # its rejects file, raw/out.rejects.jsonl, is the input
+    }[spelling]
+    if spelling == "symlink":
+        (tmp_path / "link.jsonl").symlink_to(source)
+    if spelling == "hardlink":
+        (tmp_path / "hard.jsonl").hardlink_to(source)
+    code = prepare_stage.main(["--input", str(source), "--output", output])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("prepare: error: ") and "is the input" in err and err.count("\n") == 1
+    assert source.read_text(encoding="utf-8") == GOOD + "\n"  # the input is intact
+    assert not (tmp_path / "raw" / "out.jsonl").exists()  # nothing written
