@@ -86,6 +86,10 @@ def process_sources(
             while (len(opening) < 2 or not head) and (chunk := next(chunks, None)) is not None:
                 opening.append(chunk)
                 head = head or (chunk.rows() if isinstance(chunk, LineBlock) else chunk)
+            if not head:
+                raise PrepareError(
+                    f"{source.name}: no rows (the source is empty); fill it or remove it from the sources"
+                )
             fmt = formats[source.name] = source.format = source_format(source, head)
             log.info("%s: format %s", source.name, fmt)
             source.expected_rows = expected_rows(source, head)
@@ -198,15 +202,40 @@ def run_stage(
                 split = "eval" if is_eval(params.seed, row_id, params.eval_fraction) else "train"
                 kept.append((row_id, f"{decisions.kinds[k]}_{split}", decisions.chat[k], decisions.guide[k]))
     kept.sort()
+    splits = {name: sum(split == name for _, split, _, _ in kept) for name in SPLITS}
+    check_splits(splits, sources, params.eval_fraction)
     for name in SPLITS:
         _write_lines(SPLIT_FILES[name], (chat for _, split, chat, _ in kept if split == name))
     _write_lines(paths.PROCESSED_FILE, (guide for _, split, _, guide in kept if split.startswith("sft_")))
     summary = stats.summary(sources, formats)
-    summary["splits"] = {name: sum(split == name for _, split, _, _ in kept) for name in SPLITS}
+    summary["splits"] = splits
     paths.PREPARE_METRICS.parent.mkdir(parents=True, exist_ok=True)
     paths.PREPARE_METRICS.write_text(json.dumps(summary, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
     write_plot_data(summary, stats.lengths, paths.OPENINGS_PLOT, paths.LENGTHS_PLOT)
     return summary
+
+
+def check_splits(splits: dict[str, int], sources: list[Source], eval_fraction: float) -> None:
+    """Each kind of data with sources has rows on both sides of the split: sft and dpo evaluate on the
+    held-out rows, gguf probes parity and eval measures on them; an empty split would stop them only after
+    training."""
+    for kind, listed in (("sft", "sft_sources"), ("pref", "preference_sources")):
+        train, held_out = splits[f"{kind}_train"], splits[f"{kind}_eval"]
+        if not any(source.kind == ("sft" if kind == "sft" else "preference") for source in sources):
+            continue
+        if train + held_out == 0:
+            raise PrepareError(
+                f"{SPLIT_FILES[f'{kind}_train']}: no rows kept from prepare.{listed}; "
+                f"see {paths.REJECTS} for why each was rejected"
+            )
+        if held_out == 0 or train == 0:
+            empty = f"{kind}_eval" if held_out == 0 else f"{kind}_train"
+            change = "raise" if held_out == 0 else "lower"
+            raise PrepareError(
+                f"{SPLIT_FILES[empty]}: the {empty} split is empty ({train + held_out} {kind} rows kept, "
+                f"prepare.eval_fraction {eval_fraction:g}); {change} prepare.eval_fraction or add rows to "
+                f"prepare.{listed}"
+            )
 
 
 def run_cli(params: Prepare, inputs: list[str], output: Path, fmt: str, counter: TokenCounter) -> dict[str, Any]:

@@ -224,7 +224,7 @@ def stage_params(tmp_path: Path, **overrides):
     pairs = [
         json.dumps(
             {
-                "instruction": f"解方程 x + {i} = {2 * i}，写出步骤。",
+                "instruction": f"解方程 x + {i} = {2 * i}，写出解题步骤。",  # 2 of these held out, 1 of the first 3
                 "chosen": f"两边同时减去 {i}：x = {2 * i} − {i} = {i}。检验：{i} + {i} = {2 * i}。",
                 "rejected": "不知道。",
             },
@@ -412,3 +412,55 @@ def test_cli_refuses_an_output_that_is_an_input(
     assert err.startswith("prepare: error: ") and "is the input" in err and err.count("\n") == 1
     assert source.read_text(encoding="utf-8") == GOOD + "\n"  # the input is intact
     assert not (tmp_path / "raw" / "out.jsonl").exists()  # nothing written
+
+
+@pytest.mark.parametrize("content", ["", "\n\n  \n", "[]", "[\n]\n"])
+def test_an_empty_source_is_an_error_naming_it(content: str, tmp_path: Path) -> None:
+    from ta.errors import PrepareError
+
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text(content, encoding="utf-8")
+    good = tmp_path / "good.jsonl"
+    good.write_text(GOOD + "\n", encoding="utf-8")
+    with pytest.raises(PrepareError) as err:
+        run_cli([good, empty], tmp_path / "out.jsonl")
+    assert str(err.value) == f"{empty}: no rows (the source is empty); fill it or remove it from the sources"
+
+
+def test_an_empty_held_out_split_stops_prepare_naming_the_split(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    stage_params(tmp_path)  # writes the raw files
+    # 3 pairs, all on the training side at eval_fraction 0.1 (their split hashes are all above it)
+    pairs = Path("data/raw/pref.jsonl").read_text(encoding="utf-8").splitlines()
+    Path("data/raw/pref.jsonl").write_text("\n".join(pairs[1:4]) + "\n", encoding="utf-8")
+    write_params(
+        tmp_path,
+        prepare={
+            "sft_sources": ["data/raw/sft.jsonl"],
+            "preference_sources": ["data/raw/pref.jsonl"],
+            "eval_fraction": 0.1,
+            "system_prompt": SYSTEM,
+        },
+    )
+    monkeypatch.setattr(prepare, "TokenizerCounter", lambda _: hand_counter())
+    assert prepare_stage.main([]) == 2
+    assert capsys.readouterr().err == (
+        "prepare: error: data/prepared/pref_eval.jsonl: the pref_eval split is empty (3 pref rows kept, "
+        "prepare.eval_fraction 0.1); raise prepare.eval_fraction or add rows to prepare.preference_sources\n"
+    )
+    assert not Path("data/prepared/pref_train.jsonl").exists()  # nothing for sft/dpo to start on
+
+
+def test_a_kind_with_sources_but_no_kept_rows_stops_prepare(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ta.errors import PrepareError
+
+    monkeypatch.chdir(tmp_path)
+    params = stage_params(tmp_path)
+    Path("data/raw/pref.jsonl").write_text(
+        json.dumps({"instruction": "解方程 x + 1 = 2。", "chosen": "x = 1", "rejected": "x = 1"}) + "\n",
+        encoding="utf-8",
+    )
+    with pytest.raises(PrepareError, match=r"^data/prepared/pref_train\.jsonl: no rows kept from prepare\.preference_"):
+        run_stage(params)

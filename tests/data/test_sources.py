@@ -21,7 +21,10 @@ FIREFLY_COLUMNS = PrepareColumns(instruction="input", output="target")
 
 
 def firefly_stage(tmp_path: Path, source: PrepareSource) -> dict:
-    params = prepare_params(sft_sources=[source], preference_sources=[], min_tokens=5, system_prompt="s")
+    # eval_fraction: one of the two rows on each side of the split (prepare refuses an empty split)
+    params = prepare_params(
+        sft_sources=[source], preference_sources=[], min_tokens=5, system_prompt="s", eval_fraction=0.7
+    )
     return prepare.run_stage(params, hand_counter())
 
 
