@@ -273,8 +273,10 @@ def samples_markdown(prompts: list[str], answers: dict[str, list[str]], max_new_
 
 
 def write_json(path: Path, value: Any) -> None:
+    """Strict JSON (NaN and infinity as null: `dvc metrics` and every other reader refuse NaN)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(value, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    text = json.dumps(metrics.finite_or_null(value), ensure_ascii=False, indent=2, allow_nan=False)
+    path.write_text(text + "\n", encoding="utf-8")
 
 
 def check_inputs(params: Eval) -> None:
@@ -345,9 +347,9 @@ def run(params: Eval, system_prompt: str, refusal_patterns: list[str]) -> dict[s
     sizes = {name: ARTIFACTS[name][1].stat().st_size for name in results if name.startswith("gguf_")}
     report = build_report(results, sizes)
     if params.judge_enabled:
-        report["judge"] = {
-            name: _round(judge.judge_score(params, held.tasks, result.task_answers)) for name, result in results.items()
-        }
+        judged = {name: judge.judge_score(params, held.tasks, result.task_answers) for name, result in results.items()}
+        report["judge"] = {name: _round(score) for name, (score, _) in judged.items()}
+        report["judge_unscored"] = {name: unscored for name, (_, unscored) in judged.items()}
     write_outputs(report, results, held, params)
     return report
 
