@@ -42,6 +42,7 @@ from ta.data.split import is_eval
 from ta.data.stats import STRUCTURAL_REASONS, PrepareStats, write_plot_data
 from ta.data.tokens import TokenCounter, TokenizerCounter
 from ta.errors import DataError, PrepareError
+from ta.files import open_atomically, write_atomically
 
 log = logging.getLogger("prepare")
 
@@ -193,24 +194,24 @@ def run_stage(
     processor = make_row_processor(params, counter or TokenizerCounter(paths.BASE_DIR), review_statuses=review_statuses)
     stats, formats = PrepareStats(), {}
     kept: list[tuple[str, str, bytes, bytes]] = []  # (id, split, chat row, guide row): sorted by id below
-    paths.PREPARED_DIR.mkdir(parents=True, exist_ok=True)
-    with open(paths.REJECTS, "wb") as rejects:
+    # every output goes to a temp file and replaces the old one only when whole (ta/files.py); the rejects
+    # file last of the data files, after the splits passed their check
+    with open_atomically(paths.REJECTS) as rejects:
         for decisions in decided(sources, params, processor, stats, formats):
             rejects.write(reject_lines(decisions))
             for k in decisions.kept:
                 row_id = decisions.ids[k]
                 split = "eval" if is_eval(params.seed, row_id, params.eval_fraction) else "train"
                 kept.append((row_id, f"{decisions.kinds[k]}_{split}", decisions.chat[k], decisions.guide[k]))
-    kept.sort()
-    splits = {name: sum(split == name for _, split, _, _ in kept) for name in SPLITS}
-    check_splits(splits, sources, params.eval_fraction)
-    for name in SPLITS:
-        _write_lines(SPLIT_FILES[name], (chat for _, split, chat, _ in kept if split == name))
-    _write_lines(paths.PROCESSED_FILE, (guide for _, split, _, guide in kept if split.startswith("sft_")))
+        kept.sort()
+        splits = {name: sum(split == name for _, split, _, _ in kept) for name in SPLITS}
+        check_splits(splits, sources, params.eval_fraction)
+        for name in SPLITS:
+            _write_lines(SPLIT_FILES[name], (chat for _, split, chat, _ in kept if split == name))
+        _write_lines(paths.PROCESSED_FILE, (guide for _, split, _, guide in kept if split.startswith("sft_")))
     summary = stats.summary(sources, formats)
     summary["splits"] = splits
-    paths.PREPARE_METRICS.parent.mkdir(parents=True, exist_ok=True)
-    paths.PREPARE_METRICS.write_text(json.dumps(summary, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    write_atomically(paths.PREPARE_METRICS, json.dumps(summary, ensure_ascii=False, indent=2) + "\n")
     write_plot_data(summary, stats.lengths, paths.OPENINGS_PLOT, paths.LENGTHS_PLOT)
     return summary
 
@@ -244,8 +245,7 @@ def run_cli(params: Prepare, inputs: list[str], output: Path, fmt: str, counter:
     sources = [Source(path, "any", PrepareSource(path=path, format=fmt)) for path in inputs]
     processor = make_row_processor(params, counter, guide_only=True)
     stats, formats = PrepareStats(), {}
-    output.parent.mkdir(parents=True, exist_ok=True)
-    with open(output, "wb") as out, open(rejects_path(output), "wb") as rejects:
+    with open_atomically(output) as out, open_atomically(rejects_path(output)) as rejects:
         for decisions in decided(sources, params, processor, stats, formats):
             out.write(b"".join([decisions.guide[k] for k in decisions.kept]))
             rejects.write(reject_lines(decisions))
@@ -273,7 +273,6 @@ def rejects_path(output: Path) -> Path:
 
 
 def _write_lines(path: Path, lines: Iterable[bytes]) -> None:
-    """JSON lines (each ends with its \\n) to a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as f:
+    """JSON lines (each ends with its \\n) to a file, whole or not at all."""
+    with open_atomically(path) as f:
         f.writelines(lines)

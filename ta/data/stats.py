@@ -14,6 +14,7 @@ from ta.data.io import loads_quietly
 from ta.data.pii import PII_PATTERNS
 from ta.data.rows import RowDecisions
 from ta.data.sources import Source
+from ta.files import open_atomically
 
 # Every reject reason, in the order a row meets them. Metrics list all of them (0 included) so that
 # `dvc metrics diff` compares the same keys run after run.
@@ -145,12 +146,11 @@ def length_buckets(lengths: Counter[int]) -> list[tuple[str, int]]:
 
 def write_plot_data(summary: dict[str, Any], lengths: Counter[int], openings_csv: Path, lengths_csv: Path) -> None:
     """CSV for `dvc plots` (bar charts; rendered in the browser, where CJK fonts exist)."""
-    openings_csv.parent.mkdir(parents=True, exist_ok=True)
-    with open(openings_csv, "w", encoding="utf-8", newline="") as f:
+    with open_atomically(openings_csv, "w", encoding="utf-8", newline="") as f:
         writer = csv.writer(f, lineterminator="\n")
         writer.writerow(["opening", "rows"])
         writer.writerows(summary["diversity"]["top_openings"].items())
-    with open(lengths_csv, "w", encoding="utf-8", newline="") as f:
+    with open_atomically(lengths_csv, "w", encoding="utf-8", newline="") as f:
         writer = csv.writer(f, lineterminator="\n")
         writer.writerow(["tokens", "rows"])
         writer.writerows(length_buckets(lengths))

@@ -464,3 +464,34 @@ def test_a_kind_with_sources_but_no_kept_rows_stops_prepare(tmp_path: Path, monk
     )
     with pytest.raises(PrepareError, match=r"^data/prepared/pref_train\.jsonl: no rows kept from prepare\.preference_"):
         run_stage(params)
+
+
+def test_a_failed_run_leaves_the_previous_outputs_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ta.errors import DataError
+
+    monkeypatch.chdir(tmp_path)
+    params = stage_params(tmp_path)
+    with open("data/raw/sft.jsonl", "a", encoding="utf-8") as f:
+        f.write(qa("1+1", "2") + "\n")  # too short: the rejects file is not empty
+    run_stage(params)
+    before = {name: Path(name).read_bytes() for name in OUTPUTS}
+    raw = Path("data/raw/sft.jsonl").read_text(encoding="utf-8")
+    Path("data/raw/sft.jsonl").write_text('{"question": "断了\n' + raw, encoding="utf-8")  # on_error: stop
+    with pytest.raises(DataError, match=r"^data/raw/sft\.jsonl:1: malformed JSON"):
+        run_stage(params)
+    assert {name: Path(name).read_bytes() for name in OUTPUTS} == before
+    assert not [p for p in tmp_path.rglob("*.tmp")]  # no temp file left behind
+
+
+def test_a_failed_cli_run_leaves_an_existing_output_whole(tmp_path: Path) -> None:
+    from ta.errors import DataError
+
+    (tmp_path / "out.jsonl").write_text("an earlier run's output\n", encoding="utf-8")
+    (tmp_path / "out.rejects.jsonl").write_text("its rejects\n", encoding="utf-8")
+    raw = tmp_path / "raw.jsonl"
+    raw.write_text(GOOD + '\n{"question": "断了\n', encoding="utf-8")
+    with pytest.raises(DataError):
+        run_cli([raw], tmp_path / "out.jsonl")  # on_error: stop
+    assert (tmp_path / "out.jsonl").read_text(encoding="utf-8") == "an earlier run's output\n"
+    assert (tmp_path / "out.rejects.jsonl").read_text(encoding="utf-8") == "its rejects\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.jsonl", "out.rejects.jsonl", "raw.jsonl"]
