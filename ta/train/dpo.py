@@ -55,10 +55,24 @@ def check(params: Dpo) -> None:
         raise MissingInputError(f"{paths.SFT_DIR}: missing; run `dvc repro sft` first")
 
 
+# The stage's code: its Python deps in dvc.yaml (tests/train/test_checkpoints.py checks the two agree).
+CODE = (
+    "stages/dpo.py",
+    "ta/train/dpo.py",
+    "ta/train/args.py",
+    "ta/train/launch.py",
+    "ta/train/checkpoints.py",
+    "ta/train/tracking.py",
+    "ta/files.py",
+    "ta/models.py",
+    "ta/base_model.py",
+)
+
+
 def fingerprint(params: Dpo) -> dict[str, Any]:
     inputs = [paths.PREF_TRAIN, paths.PREF_EVAL, Path(params.deepspeed_config), *sorted(paths.BASE_DIR.glob("*"))]
     inputs += sorted(paths.SFT_DIR.glob("*.safetensors"))
-    return checkpoints.run_fingerprint({"dpo": dataclasses.asdict(params)}, inputs)
+    return checkpoints.run_fingerprint({"dpo": dataclasses.asdict(params)}, inputs, CODE)
 
 
 def load_policy(ref: BaseModelRef, params: Dpo) -> Any:

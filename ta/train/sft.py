@@ -84,9 +84,25 @@ def memory_run(params: Sft) -> memory.Run:
     )
 
 
+# The stage's code: its Python deps in dvc.yaml (tests/train/test_checkpoints.py checks the two agree).
+CODE = (
+    "stages/sft.py",
+    "ta/train/sft.py",
+    "ta/train/args.py",
+    "ta/train/launch.py",
+    "ta/train/checkpoints.py",
+    "ta/train/tracking.py",
+    "ta/train/memory.py",
+    "ta/files.py",
+    "ta/chat.py",
+    "ta/models.py",
+    "ta/base_model.py",
+)
+
+
 def fingerprint(params: Sft, lr: float) -> dict[str, Any]:
     inputs = [paths.SFT_TRAIN, paths.SFT_EVAL, Path(params.deepspeed_config), *sorted(paths.BASE_DIR.glob("*"))]
-    return checkpoints.run_fingerprint({"lr": lr, "sft": dataclasses.asdict(params)}, inputs)
+    return checkpoints.run_fingerprint({"lr": lr, "sft": dataclasses.asdict(params)}, inputs, CODE)
 
 
 def lora_config(params: Sft) -> Any:
