@@ -9,6 +9,7 @@ one a killed run leaves behind is taken up by the next write.
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,6 +29,11 @@ def atomic_output(path: Path) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         yield temp
+    except OSError as err:
+        temp.unlink(missing_ok=True)
+        if err.errno == errno.ENOSPC and not err.filename:  # a buffered write says not which file: name it
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from err
+        raise
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
