@@ -13,7 +13,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ta.data.samples import Sample, own_text, templated_variants
-from ta.data.split import normalise_plain
 from ta.data.tokens import TokenCounter
 
 
@@ -67,13 +66,6 @@ def special_tokens(sample: Sample, rules: Rules) -> str | None:
     return None
 
 
-def no_preference(sample: Sample, rules: Rules) -> str | None:
-    """A pair whose answers are the same text (after Unicode and whitespace normalisation) teaches nothing."""
-    if sample.is_preference and normalise_plain(sample.chosen or "") == normalise_plain(sample.rejected or ""):
-        return "chosen and rejected are the same answer"
-    return None
-
-
 def _texts(sample: Sample) -> list[tuple[str, str]]:
     named = [(f"turn {i + 1} ({m['role']})", m["content"]) for i, m in enumerate(sample.messages)]
     return named + [(name, text) for name in ("chosen", "rejected") if (text := getattr(sample, name)) is not None]
@@ -110,7 +102,6 @@ def too_long(sample: Sample, rules: Rules) -> str | None:
 ROW_FILTERS: list[tuple[str, Callable[[Sample, Rules], str | None]]] = [
     ("empty_turn", empty_turn),
     ("special_tokens", special_tokens),
-    ("no_preference", no_preference),
     ("refusal", refusal),
     ("too_short", too_short),
     ("too_long", too_long),

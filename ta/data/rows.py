@@ -104,7 +104,8 @@ class RowProcessor:
                 passed.append((i, sample))
             else:
                 decisions.reject(i, *failing)
-        normalised = self.finish(decisions, passed)
+        passed, normalised, users = self.without_equal_answers(decisions, passed)
+        self.finish(decisions, passed, normalised, users)
         # token lengths for the statistics: every passing row, or one in `every` by its id
         counted = [k for k, key in enumerate(decisions.ids) if every == 1 or int(key[:8], 16) % every == 0]
         lengths = counter.count_many([own_text(passed[k][1]) for k in counted])
@@ -147,11 +148,30 @@ class RowProcessor:
             sample = pii.scrub_sample(sample, decisions.redacted)
         return sample
 
-    def finish(self, decisions: RowDecisions, passed: list[tuple[int, Sample]]) -> list[str]:
-        """The rows that passed the row filters (row i, its sample): their ids, statistics and output
-        lines, column by column. Returns their normalised contents (for their MinHash)."""
+    def without_equal_answers(
+        self, decisions: RowDecisions, passed: list[tuple[int, Sample]]
+    ) -> tuple[list[tuple[int, Sample]], list[str], list[str]]:
+        """The rows that passed the row filters with their normalised contents and last user turns
+        (ta/data/normalise.py), less the preference pairs whose two answers are the same text once
+        normalised: they carry no preference (`no_preference`). A pair's content ends with its chosen and
+        rejected answers as two lines, normalised already in one batch with everything else."""
+        normalised, users = contents([sample for _, sample in passed])
+        keep = []
+        for k, ((i, sample), content) in enumerate(zip(passed, normalised, strict=True)):
+            if sample.is_preference and same_answers(content):
+                decisions.reject(i, "no_preference", "chosen and rejected are the same answer once normalised")
+            else:
+                keep.append(k)
+        if len(keep) == len(passed):
+            return passed, normalised, users
+        return [passed[k] for k in keep], [normalised[k] for k in keep], [users[k] for k in keep]
+
+    def finish(
+        self, decisions: RowDecisions, passed: list[tuple[int, Sample]], normalised: list[str], users: list[str]
+    ) -> None:
+        """The rows that passed (row i, its sample; their normalised contents and last user turns): their
+        ids, statistics and output lines, column by column."""
         samples = [sample for _, sample in passed]
-        normalised, users = contents(samples)
         decisions.passed = [i for i, _ in passed]
         decisions.ids = ids = [row_id(content) for content in normalised]
         decisions.kinds = ["pref" if sample.is_preference else "sft" for sample in samples]
@@ -179,7 +199,13 @@ class RowProcessor:
             else b""
             for sample in samples
         ]
-        return normalised
+
+
+def same_answers(content: str) -> bool:
+    """Whether a pair's normalised content (ta/data/split.py: one "role:text" line a part, text without line
+    breaks) ends with the same chosen and rejected text."""
+    _, chosen, rejected = content.rsplit("\n", 2)
+    return chosen.removeprefix("chosen:") == rejected.removeprefix("rejected:")
 
 
 def check_encodable(sample: Sample, where: str) -> None:

@@ -19,7 +19,7 @@ from ta.files import open_atomically
 # Every reject reason, in the order a row meets them. Metrics list all of them (0 included) so that
 # `dvc metrics diff` compares the same keys run after run.
 STRUCTURAL_REASONS = ["not_utf8", "malformed_json", "wrong_top_level"]
-CONTENT_REASONS = ["missing_field", "wrong_type", "bad_roles", "no_pair"]
+CONTENT_REASONS = ["missing_field", "wrong_type", "bad_roles", "no_pair", "no_preference"]
 REVIEW_REASONS = ["review_rejected", "review_pending"]  # a self-instruct pair a person rejected / did not review
 FILTER_REASONS = [reason for reason, _ in ROW_FILTERS]
 SET_REASONS = ["duplicate", "near_duplicate", "not_sampled", "over_cap"]

@@ -76,7 +76,6 @@ def test_the_first_failing_filter_names_the_reason() -> None:
     assert [reason for reason, _ in filters.ROW_FILTERS] == [
         "empty_turn",
         "special_tokens",
-        "no_preference",
         "refusal",
         "too_short",
         "too_long",
@@ -96,18 +95,6 @@ def test_special_tokens_are_found_in_any_turn_or_answer() -> None:
     assert filters.special_tokens(sft("问<|im_start|>", "答"), plain) is None
     custom = filters.Rules(1, 100, (), SYSTEM, TokenCounter(len, lambda messages: 0, ["[INST]"]))
     assert filters.special_tokens(sft("[INST] 问", "答"), custom) == "turn 1 (user) contains the special token '[INST]'"
-
-
-def test_no_preference_when_the_answers_are_the_same_text() -> None:
-    def pair(chosen: str, rejected: str) -> Sample:
-        return Sample([{"role": "user", "content": "q"}], chosen=chosen, rejected=rejected)
-
-    assert (
-        filters.no_preference(pair("答案是 12。", "答案是 12。"), rules()) == "chosen and rejected are the same answer"
-    )
-    assert filters.no_preference(pair("Answer  IS １２", "answer is 12"), rules()) is not None  # NFKC, case, spaces
-    assert filters.no_preference(pair("答案是 12。", "答案是 10。"), rules()) is None
-    assert filters.no_preference(sft("q", "q"), rules()) is None  # not a pair
 
 
 class BoundedCounter(TokenCounter):
