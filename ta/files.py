@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -45,6 +46,27 @@ def open_atomically(path: Path, mode: str = "wb", **kwargs: Any) -> Iterator[IO[
     """open() for writing `path` whole or not at all (atomic_output around it)."""
     with atomic_output(path) as temp, open(temp, mode, **kwargs) as f:
         yield f
+
+
+@contextmanager
+def atomic_directory(path: Path) -> Iterator[Path]:
+    """A temp directory beside `path` to write a whole directory output into (a model: weights, config,
+    tokenizer files). When the block ends normally it takes `path`'s place: the old one is moved aside
+    (`<name>.old`), the new one renamed in, the old one deleted; a kill between those renames leaves no
+    directory at `path`, never a mix of the two. Removed when the block raises."""
+    temp, old = temp_path(path), path.with_name(f"{path.name}.old")
+    for leftover in (temp, old):  # of a run killed before
+        shutil.rmtree(leftover, ignore_errors=True)
+    temp.mkdir(parents=True)
+    try:
+        yield temp
+    except BaseException:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise
+    if path.exists():
+        os.replace(path, old)
+    os.replace(temp, path)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def write_atomically(path: Path, text: str) -> None:

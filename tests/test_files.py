@@ -44,3 +44,24 @@ def test_a_failed_write_leaves_no_temp_file(tmp_path: Path) -> None:
     with pytest.raises(UnicodeEncodeError):
         write_atomically(stamp, "new\n\udc80")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_directory_output_is_replaced_whole_or_left_as_it_was(tmp_path: Path) -> None:
+    from ta.files import atomic_directory
+
+    model = tmp_path / "models" / "sft"
+    model.mkdir(parents=True)
+    (model / "adapter_model.safetensors").write_bytes(b"old weights")
+    (model / "stale.json").write_text("{}")
+    with pytest.raises(RuntimeError), atomic_directory(model) as staging:
+        (staging / "adapter_model.safetensors").write_bytes(b"new, half")
+        raise RuntimeError("killed while saving")
+    assert sorted(p.name for p in model.iterdir()) == ["adapter_model.safetensors", "stale.json"]
+    assert (model / "adapter_model.safetensors").read_bytes() == b"old weights"
+    (tmp_path / "models" / "sft.tmp").mkdir()  # what a kill -9 while saving leaves
+    with atomic_directory(model) as staging:
+        (staging / "adapter_model.safetensors").write_bytes(b"new weights")
+        assert (model / "adapter_model.safetensors").read_bytes() == b"old weights"  # until the block ends
+    assert sorted(p.name for p in model.iterdir()) == ["adapter_model.safetensors"]  # nothing of the old one
+    assert (model / "adapter_model.safetensors").read_bytes() == b"new weights"
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["sft"]

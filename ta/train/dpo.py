@@ -19,6 +19,7 @@ from ta import paths
 from ta.base_model import BaseModelRef, read_base_ref
 from ta.config import Dpo
 from ta.errors import MissingInputError, ParamsError
+from ta.files import atomic_directory
 from ta.models import (
     check_attn_implementation,
     copy_tokenizer_files,
@@ -152,10 +153,11 @@ def train(
     metrics = {**last_eval, "global_step": state.global_step}
     if trainer.is_world_process_zero():
         model = trainer.model
-        if is_adapter(paths.SFT_DIR):
-            save_model(model, out_dir, selected_adapters=["default"])
-        else:
-            save_model(model, out_dir)
-        copy_tokenizer_files(paths.SFT_DIR, out_dir)
+        with atomic_directory(out_dir) as staging:  # models/dpo whole or not at all
+            if is_adapter(paths.SFT_DIR):
+                save_model(model, staging, selected_adapters=["default"])
+            else:
+                save_model(model, staging)
+            copy_tokenizer_files(paths.SFT_DIR, staging)
         checkpoints.clear_checkpoints(checkpoint_dir)
     return metrics

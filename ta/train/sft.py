@@ -17,6 +17,7 @@ from ta import chat, paths
 from ta.base_model import BaseModelRef, read_base_ref
 from ta.config import Sft
 from ta.errors import ParamsError
+from ta.files import atomic_directory
 from ta.models import (
     check_attn_implementation,
     copy_tokenizer_files,
@@ -203,7 +204,8 @@ def train(
         last_eval = next(entry for entry in reversed(state.log_history) if "eval_loss" in entry)
         metrics = {**last_eval, "global_step": state.global_step}
     if trainer.is_world_process_zero():
-        save_model(trainer.model, out_dir)
-        copy_tokenizer_files(paths.BASE_DIR, out_dir)
+        with atomic_directory(out_dir) as staging:  # models/sft whole or not at all
+            save_model(trainer.model, staging)
+            copy_tokenizer_files(paths.BASE_DIR, staging)
         checkpoints.clear_checkpoints(checkpoint_dir)
     return metrics
