@@ -81,6 +81,7 @@ class PrepareStats:
                     "rows_in": self.rows_in[source.name],
                     "kept": self.kept[source.name],
                     "rejected": dict(sorted(self.rejected_per_source.get(source.name, Counter()).items())),
+                    **({"revision": source.config.revision} if source.config.hub else {}),
                     **self.provenance_summary(source.name),
                 }
                 for source in sources
