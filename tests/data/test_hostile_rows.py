@@ -54,6 +54,7 @@ def good(fmt: str, q: str = Q) -> dict[str, Any]:
             "instruction": q,
             "completions": [{"response": A, "overall_score": 8}, {"response": B, "overall_score": 3}],
         },
+        "selfinstruct": {"instruction": q, "answer": A, "status": "accepted", "note": "", "provenance": {"model": "m"}},
     }[fmt]
 
 
@@ -369,6 +370,7 @@ FORMATS = [
     "hh_rlhf",
     "ultrafeedback",
     "ultrafeedback_raw",
+    "selfinstruct",
 ]
 JSON_SCALARS = st.one_of(
     st.none(),
