@@ -67,7 +67,7 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict:
     write_params(work, prepare={**sources, "num_proc": 2, "near_dup_threshold": 0.0})
     complete = {}
     for variant in ("B", "A"):  # ends with A in place
-        write_raw(work, variant, rows=20_000)
+        write_raw(work, variant, rows=12_000)
         started = time.monotonic()
         assert stage(work).wait() == 0
         complete[variant] = outputs(work)
@@ -76,7 +76,7 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 def test_a_kill_at_any_point_leaves_old_or_new_outputs_whole(workspace: dict) -> None:
     work, complete = workspace["work"], workspace["complete"]
-    write_raw(work, "B", rows=20_000)
+    write_raw(work, "B", rows=12_000)
     seconds = workspace["seconds"]
     for fraction in (0.1, 0.3, 0.5, 0.7, 0.85, 0.95):
         proc = stage(work)
@@ -95,9 +95,9 @@ def test_a_full_disk_is_one_line_naming_the_file_and_the_old_outputs_stay(
 ) -> None:
     """ENOSPC from a real device: the temp file of one output is /dev/full (writes to it fail with ENOSPC)."""
     work, complete = workspace["work"], workspace["complete"]
-    write_raw(work, "A", rows=20_000)
+    write_raw(work, "A", rows=12_000)
     assert stage(work).wait() == 0 and outputs(work) == complete["A"]
-    write_raw(work, "B", rows=20_000)
+    write_raw(work, "B", rows=12_000)
     monkeypatch.chdir(work)
     for name in ("data/prepared/sft_train.jsonl", "data/prepared/rejects.jsonl", "metrics/prepare.json"):
         (work / f"{name}.tmp").symlink_to("/dev/full")
