@@ -37,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> None:
         from ta.eval.evaluate import apply_gates, run
+        from ta.eval.metrics import finite_or_null
 
         started = time.perf_counter()
         params = load_params()
@@ -44,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         apply_gates(results, params.eval)
         elapsed = time.perf_counter() - started
         log.info("wrote %s, %s, %s in %.1f s", paths.EVAL_METRICS, paths.SAMPLES_MD, paths.SAMPLES_JSON, elapsed)
-        print(json.dumps(results, ensure_ascii=False, indent=2))
+        print(json.dumps(finite_or_null(results), ensure_ascii=False, indent=2, allow_nan=False))
 
     return report("eval", body)
 

@@ -5,7 +5,8 @@ Writes models/gguf/teachingassistant-<outtype>.gguf, metrics/gguf.json
 
 Two checks stop the stage before a broken file is shipped (the most common GGUF failure reports): the
 same chat-templated text must become the same token ids in HF and llama.cpp, and the GGUF's logits must
-match the merged model's (ta/export/gguf.py).
+match the merged model's (ta/export/gguf.py). The file is written beside its final path (`<name>.tmp`) and
+renamed there only once both checks passed; a file that fails them is removed.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 from ta import paths
 from ta.config import load_params
 from ta.errors import report
+from ta.files import atomic_output, write_atomically
 
 log = logging.getLogger("gguf")
 
@@ -35,10 +37,10 @@ def main(argv: list[str] | None = None) -> int:
 
         params = load_params().gguf
         outfile = args.outfile or paths.gguf_file(params.outtype)
-        convert(args.model, outfile, params.outtype, params.llama_cpp_dir)
-        parity = check_parity(args.model, outfile, paths.SFT_EVAL, params)
-        paths.GGUF_METRICS.parent.mkdir(parents=True, exist_ok=True)
-        paths.GGUF_METRICS.write_text(json.dumps(parity, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        with atomic_output(outfile) as unchecked:  # at outfile only once parity passed; removed otherwise
+            convert(args.model, unchecked, params.outtype, params.llama_cpp_dir)
+            parity = check_parity(args.model, unchecked, paths.SFT_EVAL, params)
+        write_atomically(paths.GGUF_METRICS, json.dumps(parity, indent=2, ensure_ascii=False) + "\n")
         texts = parity["token_parity"]["texts"]
         log.info(
             "wrote %s; token parity %d/%d texts, logits max |Δ| %s",

@@ -5,7 +5,8 @@ Reads  params `quantize`, `gguf.outtype`; models/gguf/teachingassistant-<outtype
 Writes models/gguf/teachingassistant-<type>.gguf per type, models/ollama/Modelfile, metrics/quantize.json
 
 Each file is read back and the stage fails if llama.cpp fell back to other tensor types
-(ta/export/quantize.py); the Modelfile's TEMPLATE is derived from the model's own chat template
+(ta/export/quantize.py): it is written beside its final path (`<name>.tmp`) and renamed there only once its
+types passed, removed otherwise; the Modelfile's TEMPLATE is derived from the model's own chat template
 (ta/export/modelfile.py).
 """
 
@@ -20,6 +21,7 @@ from typing import Any
 from ta import paths
 from ta.config import load_params
 from ta.errors import MissingInputError, report
+from ta.files import atomic_output, write_atomically
 
 log = logging.getLogger("quantize")
 
@@ -40,13 +42,13 @@ def main(argv: list[str] | None = None) -> int:
         report_: dict[str, Any] = {params.gguf.outtype: {"bytes": src.stat().st_size}}
         for qtype in params.quantize.types:
             dst = paths.gguf_file(qtype)
-            quantize(src, dst, qtype, params.quantize.threads)
-            report_[qtype] = check_types(dst, qtype, params.quantize.max_fallback_share)
+            with atomic_output(dst) as unchecked:  # at dst only once its tensor types passed; removed otherwise
+                quantize(src, unchecked, qtype, params.quantize.threads)
+                report_[qtype] = check_types(unchecked, qtype, params.quantize.max_fallback_share)
             log.info("%s: %s bytes, types %s", dst, report_[qtype]["bytes"], report_[qtype]["tensor_types"])
         first = paths.gguf_file(params.quantize.types[0])
         write_modelfile(paths.MERGED_DIR, first, paths.MODELFILE, params.prepare.system_prompt, params.serve)
-        paths.QUANTIZE_METRICS.parent.mkdir(parents=True, exist_ok=True)
-        paths.QUANTIZE_METRICS.write_text(json.dumps(report_, indent=2) + "\n", encoding="utf-8")
+        write_atomically(paths.QUANTIZE_METRICS, json.dumps(report_, indent=2) + "\n")
 
     return report("quantize", body)
 

@@ -169,7 +169,7 @@ class Prepare:
     min_tokens: NonNegative
     max_tokens: Positive
     refusal_patterns: list[str]
-    eval_fraction: Annotated[float, Range(ge=0, lt=1)]
+    eval_fraction: Annotated[float, Range(gt=0, lt=1)]  # sft, dpo, gguf and eval need held-out rows
     on_error: Literal["stop", "skip"]
     near_dup_threshold: Annotated[float, Range(ge=0, lt=1)]  # 0 = off
     near_dup_num_perm: Positive

@@ -388,9 +388,10 @@ def count_chat_tokens(messages: list[dict[str, str]]) -> int:
 
 
 def hand_counter() -> Any:
+    from ta import chat
     from ta.data.tokens import TokenCounter
 
-    return TokenCounter(count_tokens, count_chat_tokens)
+    return TokenCounter(count_tokens, count_chat_tokens, chat.SPECIAL_TOKENS)
 
 
 def prepare_params(**overrides: Any) -> Any:

@@ -33,6 +33,12 @@ class Rules:
         return tuple(pattern.lower() for pattern in self.refusal_patterns)
 
     @functools.cached_property
+    def special_token_regex(self) -> re.Pattern[str] | None:
+        """The tokenizer's special tokens as one regex (None: it has none)."""
+        tokens = sorted(self.tokens.special_tokens, key=len, reverse=True)
+        return re.compile("|".join(map(re.escape, tokens))) if tokens else None
+
+    @functools.cached_property
     def refusal_regex(self) -> re.Pattern[str]:
         """The lower-cased patterns as one regex: where the first of them starts."""
         return re.compile("|".join(map(re.escape, self.refusals)))
@@ -47,6 +53,22 @@ def empty_turn(sample: Sample, rules: Rules) -> str | None:
         if answer is not None and not answer.strip():
             return f"{name} answer is empty"
     return None
+
+
+def special_tokens(sample: Sample, rules: Rules) -> str | None:
+    """Text that spells one of the tokenizer's special tokens (`<|im_end|>` ...) would become that token
+    when templated: a row could forge turns of the chat template."""
+    if rules.special_token_regex is None:
+        return None
+    for name, text in _texts(sample):
+        if match := rules.special_token_regex.search(text):
+            return f"{name} contains the special token {match.group(0)!r}"
+    return None
+
+
+def _texts(sample: Sample) -> list[tuple[str, str]]:
+    named = [(f"turn {i + 1} ({m['role']})", m["content"]) for i, m in enumerate(sample.messages)]
+    return named + [(name, text) for name in ("chosen", "rejected") if (text := getattr(sample, name)) is not None]
 
 
 def refusal(sample: Sample, rules: Rules) -> str | None:
@@ -79,6 +101,7 @@ def too_long(sample: Sample, rules: Rules) -> str | None:
 
 ROW_FILTERS: list[tuple[str, Callable[[Sample, Rules], str | None]]] = [
     ("empty_turn", empty_turn),
+    ("special_tokens", special_tokens),
     ("refusal", refusal),
     ("too_short", too_short),
     ("too_long", too_long),

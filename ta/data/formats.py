@@ -9,6 +9,7 @@ code. Out: the guide's Alpaca and instruction/chosen/rejected forms, and TRL's c
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from typing import Any
@@ -212,10 +213,17 @@ def from_pairs(row: dict[str, Any]) -> Sample:
     return Sample(prompt, chosen=_field(row, "chosen"), rejected=_field(row, "rejected"))
 
 
+def _present(row: dict[str, Any], name: str) -> Any:
+    """A field that must be there (any type: the caller checks it)."""
+    if row.get(name) is None:
+        raise RowRejected("missing_field", f'field "{name}" is missing')
+    return row[name]
+
+
 def from_sharegpt_pairs(row: dict[str, Any]) -> Sample:
     prompt = _check_roles(_sharegpt_messages(row), "user", "conversations")
-    chosen = _sharegpt_turn(row["chosen"], "chosen")
-    rejected = _sharegpt_turn(row["rejected"], "rejected")
+    chosen = _sharegpt_turn(_present(row, "chosen"), "chosen")
+    rejected = _sharegpt_turn(_present(row, "rejected"), "rejected")
     for name, turn in (("chosen", chosen), ("rejected", rejected)):
         if turn["role"] != "assistant":
             raise RowRejected("bad_roles", f"{name}: expected an assistant turn, got {turn['role']!r}")
@@ -258,18 +266,23 @@ def from_ultrafeedback(row: dict[str, Any]) -> Sample:
 
 def from_ultrafeedback_raw(row: dict[str, Any]) -> Sample:
     """openbmb/UltraFeedback as published: several rated completions per instruction. Binarised the
-    usual way: the best overall_score is chosen, the worst rejected (the first one on a tie)."""
+    usual way: the best overall_score is chosen, the worst rejected (the first one on a tie). A NaN score
+    (the published set has some) rates nothing; without two different scores there is no preference."""
     instruction = _field(row, "instruction")
     rated = []
-    for i, completion in enumerate(_list_field(row, "completions")):
+    completions = _list_field(row, "completions")
+    for i, completion in enumerate(completions):
         if not isinstance(completion, dict):
             raise RowRejected("wrong_type", f"completions[{i}] should be an object")
         score, response = completion.get("overall_score"), completion.get("response")
         if not isinstance(score, (int, float)) or isinstance(score, bool) or not isinstance(response, str):
             raise RowRejected("wrong_type", f"completions[{i}] needs a numeric overall_score and a response string")
-        rated.append((score, i, response))
+        if isinstance(score, int) or math.isfinite(score):  # an int may be past float range
+            rated.append((score, i, response))
+    if len(completions) < 2:
+        raise RowRejected("no_pair", f"{len(completions)} completion(s); a pair needs two")
     if len(rated) < 2 or max(rated)[0] == min(rated)[0]:
-        raise RowRejected("no_pair", "fewer than two completions with different overall_score")
+        raise RowRejected("no_preference", "no two completions with different finite overall_score")
     best = max(rated, key=lambda r: (r[0], -r[1]))
     worst = min(rated, key=lambda r: (r[0], r[1]))
     return Sample([{"role": "user", "content": instruction}], chosen=best[2], rejected=worst[2])

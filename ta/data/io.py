@@ -9,6 +9,7 @@ not UTF-8, wrong top-level type) is a `DataError` with `file:line: ...`, raised 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from itertools import islice
@@ -168,8 +169,9 @@ def parse_jsonl_line(file: str, line_no: int, raw: bytes) -> Record:
                 raw.decode("utf-8", "replace"),
             ),
         )
+    constants: list[str] = []  # NaN, Infinity: the json module reads them, but they are not JSON
     try:
-        value = json.loads(text)
+        value = json.loads(text, parse_constant=lambda name: constants.append(name) or float(name))
     except json.JSONDecodeError as err:
         return Record(
             file,
@@ -177,6 +179,12 @@ def parse_jsonl_line(file: str, line_no: int, raw: bytes) -> Record:
             error=DataError(
                 f"{file}:{line_no}: malformed JSON at column {err.colno}: {err.msg}", "malformed_json", line_no, text
             ),
+        )
+    except RecursionError:
+        return Record(
+            file,
+            line_no,
+            error=DataError(f"{file}:{line_no}: malformed JSON: nested too deeply", "malformed_json", line_no, text),
         )
     if not isinstance(value, dict):
         return Record(
@@ -189,7 +197,25 @@ def parse_jsonl_line(file: str, line_no: int, raw: bytes) -> Record:
                 text,
             ),
         )
-    return Record(file, line_no, value, raw=raw)
+    # a row with NaN is written to the rejects file again, strictly (strict_json_bytes), not as read
+    return Record(file, line_no, value, raw=b"" if constants else raw)
+
+
+def strict_json_bytes(value: Any) -> bytes:
+    """A parsed value as strict JSON text: NaN and infinities (which the json module reads) become the
+    strings "NaN", "Infinity", "-Infinity"; a lone surrogate (from a \\ud800 escape) is written as that escape."""
+    text = json.dumps(_finite(value), ensure_ascii=False, allow_nan=False, default=str)
+    return text.encode("utf-8", "backslashreplace")
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_finite(item) for item in value]
+    return value
 
 
 def _is_one_object(path: Path) -> bool:
@@ -198,7 +224,7 @@ def _is_one_object(path: Path) -> bool:
         return False
     try:
         return isinstance(json.loads(path.read_bytes()), dict)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return False
 
 
@@ -233,6 +259,8 @@ def _read_json_array(file: str, data: bytes) -> Iterator[Record]:
             raise DataError(
                 f"{file}:{err.lineno}: malformed JSON at column {err.colno}: {err.msg}", "malformed_json", err.lineno
             ) from None
+        except RecursionError:
+            raise DataError(f"{file}:{line_no}: malformed JSON: nested too deeply", "malformed_json", line_no) from None
         if isinstance(value, dict):
             yield Record(file, line_no, value)
         else:

@@ -41,7 +41,8 @@ from ta.data.sources import (
 from ta.data.split import is_eval
 from ta.data.stats import STRUCTURAL_REASONS, PrepareStats, write_plot_data
 from ta.data.tokens import TokenCounter, TokenizerCounter
-from ta.errors import DataError
+from ta.errors import DataError, PrepareError
+from ta.files import open_atomically, write_atomically
 
 log = logging.getLogger("prepare")
 
@@ -86,6 +87,10 @@ def process_sources(
             while (len(opening) < 2 or not head) and (chunk := next(chunks, None)) is not None:
                 opening.append(chunk)
                 head = head or (chunk.rows() if isinstance(chunk, LineBlock) else chunk)
+            if not head:
+                raise PrepareError(
+                    f"{source.name}: no rows (the source is empty); fill it or remove it from the sources"
+                )
             fmt = formats[source.name] = source.format = source_format(source, head)
             log.info("%s: format %s", source.name, fmt)
             source.expected_rows = expected_rows(source, head)
@@ -189,37 +194,78 @@ def run_stage(
     processor = make_row_processor(params, counter or TokenizerCounter(paths.BASE_DIR), review_statuses=review_statuses)
     stats, formats = PrepareStats(), {}
     kept: list[tuple[str, str, bytes, bytes]] = []  # (id, split, chat row, guide row): sorted by id below
-    paths.PREPARED_DIR.mkdir(parents=True, exist_ok=True)
-    with open(paths.REJECTS, "wb") as rejects:
+    # every output goes to a temp file and replaces the old one only when whole (ta/files.py); the rejects
+    # file last of the data files, after the splits passed their check
+    with open_atomically(paths.REJECTS) as rejects:
         for decisions in decided(sources, params, processor, stats, formats):
             rejects.write(reject_lines(decisions))
             for k in decisions.kept:
                 row_id = decisions.ids[k]
                 split = "eval" if is_eval(params.seed, row_id, params.eval_fraction) else "train"
                 kept.append((row_id, f"{decisions.kinds[k]}_{split}", decisions.chat[k], decisions.guide[k]))
-    kept.sort()
-    for name in SPLITS:
-        _write_lines(SPLIT_FILES[name], (chat for _, split, chat, _ in kept if split == name))
-    _write_lines(paths.PROCESSED_FILE, (guide for _, split, _, guide in kept if split.startswith("sft_")))
+        kept.sort()
+        splits = {name: sum(split == name for _, split, _, _ in kept) for name in SPLITS}
+        check_splits(splits, sources, params.eval_fraction)
+        for name in SPLITS:
+            _write_lines(SPLIT_FILES[name], (chat for _, split, chat, _ in kept if split == name))
+        _write_lines(paths.PROCESSED_FILE, (guide for _, split, _, guide in kept if split.startswith("sft_")))
     summary = stats.summary(sources, formats)
-    summary["splits"] = {name: sum(split == name for _, split, _, _ in kept) for name in SPLITS}
-    paths.PREPARE_METRICS.parent.mkdir(parents=True, exist_ok=True)
-    paths.PREPARE_METRICS.write_text(json.dumps(summary, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    summary["splits"] = splits
+    write_atomically(paths.PREPARE_METRICS, json.dumps(summary, ensure_ascii=False, indent=2) + "\n")
     write_plot_data(summary, stats.lengths, paths.OPENINGS_PLOT, paths.LENGTHS_PLOT)
     return summary
 
 
+def check_splits(splits: dict[str, int], sources: list[Source], eval_fraction: float) -> None:
+    """Each kind of data with sources has rows on both sides of the split: sft and dpo evaluate on the
+    held-out rows, gguf probes parity and eval measures on them; an empty split would stop them only after
+    training."""
+    for kind, listed in (("sft", "sft_sources"), ("pref", "preference_sources")):
+        train, held_out = splits[f"{kind}_train"], splits[f"{kind}_eval"]
+        if not any(source.kind == ("sft" if kind == "sft" else "preference") for source in sources):
+            continue
+        if train + held_out == 0:
+            raise PrepareError(
+                f"{SPLIT_FILES[f'{kind}_train']}: no rows kept from prepare.{listed}; "
+                f"see {paths.REJECTS} for why each was rejected"
+            )
+        if held_out == 0 or train == 0:
+            empty = f"{kind}_eval" if held_out == 0 else f"{kind}_train"
+            change = "raise" if held_out == 0 else "lower"
+            raise PrepareError(
+                f"{SPLIT_FILES[empty]}: the {empty} split is empty ({train + held_out} {kind} rows kept, "
+                f"prepare.eval_fraction {eval_fraction:g}); {change} prepare.eval_fraction or add rows to "
+                f"prepare.{listed}"
+            )
+
+
 def run_cli(params: Prepare, inputs: list[str], output: Path, fmt: str, counter: TokenCounter) -> dict[str, Any]:
     """The guide's command: every kept row to `output` in input order (guide forms), rejects beside it."""
+    refuse_overwriting_inputs(inputs, [output, rejects_path(output)])
     sources = [Source(path, "any", PrepareSource(path=path, format=fmt)) for path in inputs]
     processor = make_row_processor(params, counter, guide_only=True)
     stats, formats = PrepareStats(), {}
-    output.parent.mkdir(parents=True, exist_ok=True)
-    with open(output, "wb") as out, open(rejects_path(output), "wb") as rejects:
+    with open_atomically(output) as out, open_atomically(rejects_path(output)) as rejects:
         for decisions in decided(sources, params, processor, stats, formats):
             out.write(b"".join([decisions.guide[k] for k in decisions.kept]))
             rejects.write(reject_lines(decisions))
     return stats.summary(sources, formats)
+
+
+def refuse_overwriting_inputs(inputs: list[str], outputs: list[Path]) -> None:
+    """Stop before anything is opened for writing when an output is one of the inputs: the same path, or the
+    same file through a symlink, `..` or a hard link. Opening it for writing would empty the input."""
+    for output in outputs:
+        for name in inputs:
+            source = Path(name)
+            same = output.resolve() == source.resolve()
+            if not same and output.exists() and source.exists():
+                same = os.path.samefile(output, source)
+            if same:
+                raise PrepareError(
+                    f"{output}: this output is the input {name}; writing it would destroy the input. "
+                    "Choose another --output (the rejects go to <output stem>.rejects.jsonl)"
+                )
 
 
 def rejects_path(output: Path) -> Path:
@@ -227,7 +273,6 @@ def rejects_path(output: Path) -> Path:
 
 
 def _write_lines(path: Path, lines: Iterable[bytes]) -> None:
-    """JSON lines (each ends with its \\n) to a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as f:
+    """JSON lines (each ends with its \\n) to a file, whole or not at all."""
+    with open_atomically(path) as f:
         f.writelines(lines)

@@ -15,7 +15,7 @@ from typing import Any
 from ta.config import Prepare
 from ta.data import filters, minhash, pii
 from ta.data.formats import REVIEWED, normalise, to_alpaca, to_chat, to_guide_pair
-from ta.data.io import LineBlock, RawRow, Record, dumpb, loads_quietly, parse_jsonl_line
+from ta.data.io import LineBlock, RawRow, Record, dumpb, loads_quietly, parse_jsonl_line, strict_json_bytes
 from ta.data.normalise import contents
 from ta.data.samples import RowRejected, Sample, own_text, with_system_prompt
 from ta.data.split import row_id
@@ -104,7 +104,8 @@ class RowProcessor:
                 passed.append((i, sample))
             else:
                 decisions.reject(i, *failing)
-        normalised = self.finish(decisions, passed)
+        passed, normalised, users = self.without_equal_answers(decisions, passed)
+        self.finish(decisions, passed, normalised, users)
         # token lengths for the statistics: every passing row, or one in `every` by its id
         counted = [k for k, key in enumerate(decisions.ids) if every == 1 or int(key[:8], 16) % every == 0]
         lengths = counter.count_many([own_text(passed[k][1]) for k in counted])
@@ -119,17 +120,21 @@ class RowProcessor:
         self, item: RawRow, file: str, fmt: str, columns: dict[str, str], decisions: RowDecisions
     ) -> Sample | None:
         """Parse and normalise one row into `decisions`: its sample, or None when it is rejected already."""
-        if isinstance(item, tuple) and isinstance(value := loads_quietly(item[1]), dict):
+        fast = isinstance(item, tuple) and isinstance(value := loads_quietly(item[1]), dict)
+        if fast:
             line, row_json = item  # a well-formed JSONL line, the common case: no Record needed
         else:
             record = item if isinstance(item, Record) else parse_jsonl_line(file, *item)
             if record.error is not None:
                 error = record.error
-                decisions.add(record.line, error.reason, str(error), json.dumps(error.raw, ensure_ascii=False).encode())
+                as_read = json.dumps(error.raw, ensure_ascii=False).encode("utf-8", "backslashreplace")
+                decisions.add(record.line, error.reason, str(error), as_read)
                 return None
-            line, value, row_json = record.line, record.value, record.raw or _json_bytes(record.value)
+            line, value, row_json = record.line, record.value, record.raw or strict_json_bytes(record.value)
         try:
             sample = normalise(value, fmt, columns)
+            if not fast:  # read by the json module (or from the hub): orjson refuses lone surrogates, it does not
+                check_encodable(sample, f"{file}:{line}")
         except RowRejected as err:
             decisions.add(line, err.reason, err.detail, row_json)
             return None
@@ -143,11 +148,30 @@ class RowProcessor:
             sample = pii.scrub_sample(sample, decisions.redacted)
         return sample
 
-    def finish(self, decisions: RowDecisions, passed: list[tuple[int, Sample]]) -> list[str]:
-        """The rows that passed the row filters (row i, its sample): their ids, statistics and output
-        lines, column by column. Returns their normalised contents (for their MinHash)."""
+    def without_equal_answers(
+        self, decisions: RowDecisions, passed: list[tuple[int, Sample]]
+    ) -> tuple[list[tuple[int, Sample]], list[str], list[str]]:
+        """The rows that passed the row filters with their normalised contents and last user turns
+        (ta/data/normalise.py), less the preference pairs whose two answers are the same text once
+        normalised: they carry no preference (`no_preference`). A pair's content ends with its chosen and
+        rejected answers as two lines, normalised already in one batch with everything else."""
+        normalised, users = contents([sample for _, sample in passed])
+        keep = []
+        for k, ((i, sample), content) in enumerate(zip(passed, normalised, strict=True)):
+            if sample.is_preference and same_answers(content):
+                decisions.reject(i, "no_preference", "chosen and rejected are the same answer once normalised")
+            else:
+                keep.append(k)
+        if len(keep) == len(passed):
+            return passed, normalised, users
+        return [passed[k] for k in keep], [normalised[k] for k in keep], [users[k] for k in keep]
+
+    def finish(
+        self, decisions: RowDecisions, passed: list[tuple[int, Sample]], normalised: list[str], users: list[str]
+    ) -> None:
+        """The rows that passed (row i, its sample; their normalised contents and last user turns): their
+        ids, statistics and output lines, column by column."""
         samples = [sample for _, sample in passed]
-        normalised, users = contents(samples)
         decisions.passed = [i for i, _ in passed]
         decisions.ids = ids = [row_id(content) for content in normalised]
         decisions.kinds = ["pref" if sample.is_preference else "sft" for sample in samples]
@@ -175,12 +199,27 @@ class RowProcessor:
             else b""
             for sample in samples
         ]
-        return normalised
 
 
-def _json_bytes(value: Any) -> bytes:
-    """A parsed row as JSON text again; a lone surrogate (from a \\ud800 escape) is written as that escape."""
-    return json.dumps(value, ensure_ascii=False, default=str).encode("utf-8", "backslashreplace")
+def same_answers(content: str) -> bool:
+    """Whether a pair's normalised content (ta/data/split.py: one "role:text" line a part, text without line
+    breaks) ends with the same chosen and rejected text."""
+    _, chosen, rejected = content.rsplit("\n", 2)
+    return chosen.removeprefix("chosen:") == rejected.removeprefix("rejected:")
+
+
+def check_encodable(sample: Sample, where: str) -> None:
+    """Every text of the sample is Unicode that UTF-8 can hold: a \\ud800 escape in JSON gives a lone
+    surrogate, which no tokenizer or output file takes (orjson refuses such lines; the json module does not)."""
+    texts = [m["content"] for m in sample.messages] + [t for t in (sample.chosen, sample.rejected) if t is not None]
+    for text in texts:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as err:
+            code = ord(text[err.start])
+            raise RowRejected(
+                "not_utf8", f"{where}: a text holds the lone surrogate \\u{code:04x}, not a character; fix the escape"
+            ) from None
 
 
 OPENING_CHARS = re.compile(r"[^\s\d]{1,3}")

@@ -3,6 +3,8 @@ the format each one is in."""
 
 from __future__ import annotations
 
+import logging
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -11,6 +13,8 @@ from ta.config import Prepare, PrepareSource
 from ta.data.formats import detect_format, is_preference_format
 from ta.data.io import LineBlock, RawRow, Record, chunked, parse_jsonl_line, read_chunks
 from ta.errors import DataError, PrepareError
+
+log = logging.getLogger("prepare")
 
 CHUNK_ROWS = 2000  # lines per task sent to a worker; a source of one chunk is done in-process
 LENGTH_SAMPLE = 20_000  # kept rows per source whose token length the statistics count (at least)
@@ -35,12 +39,17 @@ class Source:
 
 
 def sources_from_params(params: Prepare) -> list[Source]:
-    """The SFT and preference sources of params `prepare`, in that order (validated by the loader)."""
-    return [
+    """The SFT and preference sources of params `prepare`, in that order (validated by the loader); a hub
+    dataset must name its revision (check_pinned), before any source is read."""
+    sources = [
         Source(config.path or config.hub, kind, config)
         for kind in ("sft", "preference")
         for config in params.sources(kind)
     ]
+    for source in sources:
+        if source.config.hub:
+            check_pinned(source.config)
+    return sources
 
 
 Chunk = LineBlock | list[RawRow]
@@ -77,6 +86,26 @@ def read_hub(config: PrepareSource) -> Iterator[Record]:
     label = f"{config.hub}[{config.split}]"
     for index, row in enumerate(dataset):
         yield Record(label, index + 1, row)
+
+
+def is_local(config: PrepareSource) -> bool:
+    """A `hub:` source that is on this machine: a dataset directory, or a builder (json, parquet ...) over
+    local data files. Nothing there to pin: DVC tracks local files itself."""
+    return Path(config.hub).is_dir() or bool(config.data_files and Path(config.data_files).is_file())
+
+
+def check_pinned(config: PrepareSource) -> None:
+    """A hub dataset is read at a named revision: without one, `dvc repro` reads whatever the dataset is today
+    (and DVC cannot see that it changed). A branch name is taken, with a warning: it moves too."""
+    if is_local(config):
+        return
+    if not config.revision:
+        raise PrepareError(
+            f"{config.hub}: no revision pinned; add `revision: <commit sha>` to the source (the dataset's commit "
+            "you reviewed, from its page's history): without one, a rerun reads whatever the dataset is that day"
+        )
+    if not re.fullmatch(r"[0-9a-f]{40}", config.revision):
+        log.warning("%s: revision %r is not a commit sha; a branch or tag can move", config.hub, config.revision)
 
 
 def source_format(source: Source, head: list[RawRow]) -> str:

@@ -14,11 +14,12 @@ from ta.data.io import loads_quietly
 from ta.data.pii import PII_PATTERNS
 from ta.data.rows import RowDecisions
 from ta.data.sources import Source
+from ta.files import open_atomically
 
 # Every reject reason, in the order a row meets them. Metrics list all of them (0 included) so that
 # `dvc metrics diff` compares the same keys run after run.
 STRUCTURAL_REASONS = ["not_utf8", "malformed_json", "wrong_top_level"]
-CONTENT_REASONS = ["missing_field", "wrong_type", "bad_roles", "no_pair"]
+CONTENT_REASONS = ["missing_field", "wrong_type", "bad_roles", "no_pair", "no_preference"]
 REVIEW_REASONS = ["review_rejected", "review_pending"]  # a self-instruct pair a person rejected / did not review
 FILTER_REASONS = [reason for reason, _ in ROW_FILTERS]
 SET_REASONS = ["duplicate", "near_duplicate", "not_sampled", "over_cap"]
@@ -80,6 +81,7 @@ class PrepareStats:
                     "rows_in": self.rows_in[source.name],
                     "kept": self.kept[source.name],
                     "rejected": dict(sorted(self.rejected_per_source.get(source.name, Counter()).items())),
+                    **({"revision": source.config.revision} if source.config.hub else {}),
                     **self.provenance_summary(source.name),
                 }
                 for source in sources
@@ -145,12 +147,11 @@ def length_buckets(lengths: Counter[int]) -> list[tuple[str, int]]:
 
 def write_plot_data(summary: dict[str, Any], lengths: Counter[int], openings_csv: Path, lengths_csv: Path) -> None:
     """CSV for `dvc plots` (bar charts; rendered in the browser, where CJK fonts exist)."""
-    openings_csv.parent.mkdir(parents=True, exist_ok=True)
-    with open(openings_csv, "w", encoding="utf-8", newline="") as f:
+    with open_atomically(openings_csv, "w", encoding="utf-8", newline="") as f:
         writer = csv.writer(f, lineterminator="\n")
         writer.writerow(["opening", "rows"])
         writer.writerows(summary["diversity"]["top_openings"].items())
-    with open(lengths_csv, "w", encoding="utf-8", newline="") as f:
+    with open_atomically(lengths_csv, "w", encoding="utf-8", newline="") as f:
         writer = csv.writer(f, lineterminator="\n")
         writer.writerow(["tokens", "rows"])
         writer.writerows(length_buckets(lengths))

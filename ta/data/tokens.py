@@ -7,8 +7,9 @@ with the base model's tokenizer and adds bounds (ta/data/token_bounds.py) that s
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from ta.data import token_bounds
 from ta.data.samples import Message
@@ -22,9 +23,15 @@ class TokenCounter:
     counter adds bounds that spare most counting, and `prefill`, which counts a whole chunk of texts in
     one call into the Rust tokenizer."""
 
-    def __init__(self, count: Callable[[str], int], count_chat: Callable[[list[Message]], int]) -> None:
+    def __init__(
+        self,
+        count: Callable[[str], int],
+        count_chat: Callable[[list[Message]], int],
+        special_tokens: Sequence[str] = (),
+    ) -> None:
         self._count = count
         self._count_chat = count_chat
+        self.special_tokens = tuple(special_tokens)  # text no row may contain (the tokenizer's control tokens)
 
     def count(self, text: str) -> int:
         return self._count(text)
@@ -55,6 +62,13 @@ class TokenCounter:
         """A hint: these texts will be counted next."""
 
 
+def special_tokens_of(tokenizer: Any) -> list[str]:
+    """The tokenizer's special tokens: its named ones (eos, pad, additional ...) and every added token marked
+    special (Qwen2's <|im_start|>, <|im_end|>, <|endoftext|>, <|fim_*|> ...)."""
+    added = [token.content for token in tokenizer.added_tokens_decoder.values() if token.special]
+    return sorted({*tokenizer.all_special_tokens, *added} - {""})
+
+
 class TokenizerCounter(TokenCounter):
     """Token counts with the base model's tokenizer (its Rust backend: the same ids as tokenizer(text)).
 
@@ -78,7 +92,7 @@ class TokenizerCounter(TokenCounter):
         self.known: dict[str, int] = {}
         self.lows: dict[str, int] = {}
         self.rooms: dict[tuple[tuple[str, ...], int], int] = {}
-        super().__init__(self.count, self.count_chat)
+        super().__init__(self.count, self.count_chat, special_tokens_of(self.tokenizer))
 
     def prefill(self, texts: list[str]) -> None:
         encodings = self.backend.encode_batch_fast(texts, add_special_tokens=False) if texts else []

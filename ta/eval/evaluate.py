@@ -32,6 +32,7 @@ from ta.eval.runtimes import (
     encode_prompt,
     scored_logprobs,
 )
+from ta.files import write_atomically
 
 log = logging.getLogger("eval")
 
@@ -273,8 +274,10 @@ def samples_markdown(prompts: list[str], answers: dict[str, list[str]], max_new_
 
 
 def write_json(path: Path, value: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(value, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    """Strict JSON (NaN and infinity as null: `dvc metrics` and every other reader refuse NaN), written whole
+    or not at all."""
+    text = json.dumps(metrics.finite_or_null(value), ensure_ascii=False, indent=2, allow_nan=False)
+    write_atomically(path, text + "\n")
 
 
 def check_inputs(params: Eval) -> None:
@@ -334,7 +337,7 @@ def write_outputs(report: dict[str, Any], results: dict[str, ArtifactResult], he
         for i, item in enumerate(held.tasks)
     ]
     write_json(paths.SAMPLES_JSON, {"max_new_tokens": params.max_new_tokens, "samples": samples, "task": questions})
-    paths.SAMPLES_MD.write_text(samples_markdown(held.sample_prompts, answers, params.max_new_tokens), encoding="utf-8")
+    write_atomically(paths.SAMPLES_MD, samples_markdown(held.sample_prompts, answers, params.max_new_tokens))
 
 
 def run(params: Eval, system_prompt: str, refusal_patterns: list[str]) -> dict[str, Any]:
@@ -345,9 +348,9 @@ def run(params: Eval, system_prompt: str, refusal_patterns: list[str]) -> dict[s
     sizes = {name: ARTIFACTS[name][1].stat().st_size for name in results if name.startswith("gguf_")}
     report = build_report(results, sizes)
     if params.judge_enabled:
-        report["judge"] = {
-            name: _round(judge.judge_score(params, held.tasks, result.task_answers)) for name, result in results.items()
-        }
+        judged = {name: judge.judge_score(params, held.tasks, result.task_answers) for name, result in results.items()}
+        report["judge"] = {name: _round(score) for name, (score, _) in judged.items()}
+        report["judge_unscored"] = {name: unscored for name, (_, unscored) in judged.items()}
     write_outputs(report, results, held, params)
     return report
 

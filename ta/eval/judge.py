@@ -115,14 +115,26 @@ def judge_answers(
     references: Sequence[str],
     answers: Sequence[str],
 ) -> list[Verdict | None]:
-    return [
-        parse_verdict(ask_judge(base_url, model, judge_messages(q, r, a), api_key))
-        for q, r, a in zip(questions, references, answers, strict=True)
-    ]
+    """One verdict per answer, None where the judge failed on it: unreachable, an HTTP error, a reply that is
+    not a chat completion or not a verdict. A failure is logged and costs that sample only."""
+    verdicts: list[Verdict | None] = []
+    for i, (q, r, a) in enumerate(zip(questions, references, answers, strict=True)):
+        try:
+            reply = ask_judge(base_url, model, judge_messages(q, r, a), api_key)
+        except JudgeError as err:
+            log.warning("judge: sample %d unscored: %s", i + 1, err)
+            verdicts.append(None)
+            continue
+        verdict = parse_verdict(reply)
+        if verdict is None:
+            log.warning("judge: sample %d unscored: the reply is not a verdict: %r", i + 1, reply[:200])
+        verdicts.append(verdict)
+    return verdicts
 
 
-def judge_score(params: Any, tasks: Sequence[Any], answers: Sequence[str]) -> float | None:
-    """Mean judge score of the first `eval.judge_max_samples` task answers (None if none parsed).
+def judge_score(params: Any, tasks: Sequence[Any], answers: Sequence[str]) -> tuple[float | None, int]:
+    """Mean judge score of the first `eval.judge_max_samples` task answers (None if none was scored), and
+    how many were left unscored.
 
     `params` is the eval section; `tasks` carry `.prompt` (messages ending with the user turn) and
     `.reference`.
@@ -138,5 +150,5 @@ def judge_score(params: Any, tasks: Sequence[Any], answers: Sequence[str]) -> fl
     )
     scored = [v.score for v in verdicts if v is not None]
     if len(scored) < n:
-        log.warning("judge: %d of %d replies did not parse as a verdict", n - len(scored), n)
-    return sum(scored) / len(scored) if scored else None
+        log.warning("judge: %d of %d answers unscored", n - len(scored), n)
+    return (sum(scored) / len(scored) if scored else None), n - len(scored)

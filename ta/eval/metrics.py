@@ -35,7 +35,10 @@ def perplexity(token_logprobs: Sequence[float]) -> float:
     """exp(-mean log p) over the scored tokens; natural-log probabilities in, perplexity out."""
     if not token_logprobs:
         raise ValueError("perplexity of zero tokens is undefined")
-    return math.exp(-sum(token_logprobs) / len(token_logprobs))
+    try:
+        return math.exp(-sum(token_logprobs) / len(token_logprobs))
+    except OverflowError:  # a model that gives the text (almost) no probability
+        return math.inf
 
 
 def next_token_logprobs(logits: Any, targets: Sequence[int]) -> list[float]:
@@ -177,18 +180,42 @@ def lookup(metrics: Mapping, key_path: str) -> float | None:
 
 def gate_failures(metrics: Mapping, max_q4_k_m_vs_f16_ppl_ratio: float, max_task_drop_dpo_vs_sft: float) -> list[str]:
     """One message per gate the metrics break. A gate whose metrics were not measured (an artifact left
-    out of `eval.artifacts`) is skipped, not failed: it says nothing about the models."""
+    out of `eval.artifacts`) is skipped, not failed: it says nothing about the models. A metric that is NaN
+    or infinite fails its gate: every comparison with NaN is false, so it would otherwise pass."""
     failures = []
     ratio = lookup(metrics, "quantization.q4_k_m_vs_f16_ppl_ratio")
-    if ratio is not None and ratio > max_q4_k_m_vs_f16_ppl_ratio:
+    gate = "gate eval.max_q4_k_m_vs_f16_ppl_ratio"
+    if ratio is not None and not math.isfinite(ratio):
+        failures.append(f"{gate}: quantization.q4_k_m_vs_f16_ppl_ratio is {ratio} (a perplexity is not finite)")
+    elif ratio is not None and ratio > max_q4_k_m_vs_f16_ppl_ratio:
         failures.append(
-            f"gate eval.max_q4_k_m_vs_f16_ppl_ratio: q4_k_m perplexity is {ratio:.3f}x the f16 one "
-            f"(allowed {max_q4_k_m_vs_f16_ppl_ratio:.3f}x)"
+            f"{gate}: q4_k_m perplexity is {ratio:.3f}x the f16 one (allowed {max_q4_k_m_vs_f16_ppl_ratio:.3f}x)"
         )
     task_sft, task_dpo = lookup(metrics, "task.sft"), lookup(metrics, "task.dpo")
-    if task_sft is not None and task_dpo is not None and task_sft - task_dpo > max_task_drop_dpo_vs_sft:
+    gate = "gate eval.max_task_drop_dpo_vs_sft"
+    unusable = [
+        f"{key} is {value}" for key, value in (("task.sft", task_sft), ("task.dpo", task_dpo)) if not _usable(value)
+    ]
+    if task_sft is not None and task_dpo is not None and unusable:
+        failures.append(f"{gate}: {', '.join(unusable)} (not a finite score)")
+    elif task_sft is not None and task_dpo is not None and task_sft - task_dpo > max_task_drop_dpo_vs_sft:
         failures.append(
-            f"gate eval.max_task_drop_dpo_vs_sft: task.dpo = {task_dpo:.4f} is {task_sft - task_dpo:.4f} "
+            f"{gate}: task.dpo = {task_dpo:.4f} is {task_sft - task_dpo:.4f} "
             f"below task.sft = {task_sft:.4f} (allowed drop {max_task_drop_dpo_vs_sft:.4f})"
         )
     return failures
+
+
+def _usable(value: float | None) -> bool:
+    return value is None or math.isfinite(value)
+
+
+def finite_or_null(value: Any) -> Any:
+    """A report with every NaN and infinity replaced by None (JSON null): metrics files stay strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: finite_or_null(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_null(item) for item in value]
+    return value

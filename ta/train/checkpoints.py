@@ -2,8 +2,9 @@
 
 Checkpoints go to a directory that dvc.yaml declares `persist: true`, so a killed `dvc repro` leaves them
 for the next run to resume from; a finished run empties it so they never reach the DVC cache. `run.json`
-beside them records the params and input digests of the run that wrote them: a run with other params or
-data starts afresh instead of resuming someone else's optimizer state.
+beside them records the params, input and code digests and library versions of the run that wrote them: a
+run with other params, data, code or libraries starts afresh instead of resuming someone else's optimizer
+state. A checkpoint whose weights are damaged is passed over for the one before it.
 """
 
 from __future__ import annotations
@@ -34,8 +35,29 @@ def is_complete(checkpoint: Path) -> bool:
     return True
 
 
+def damaged_file(checkpoint: Path) -> str | None:
+    """What is wrong with the checkpoint's weights or optimizer state, or None. A file cut short (a full
+    disk, a copy interrupted) is found from its own structure without reading the tensors: a safetensors
+    header must account for the file's size exactly, a torch.save file is a zip whose directory is at its end."""
+    import zipfile
+
+    from safetensors import SafetensorError, safe_open
+
+    for path in sorted(checkpoint.rglob("*")):
+        try:
+            if path.suffix == ".safetensors":
+                with safe_open(str(path), framework="pt") as f:
+                    f.keys()
+            elif path.suffix in (".pt", ".pth", ".bin") and not zipfile.is_zipfile(path):
+                return f"{path.name}: not a whole torch.save file"
+        except (SafetensorError, OSError) as err:
+            return f"{path.name}: {' '.join(str(err).split())}"
+    return None
+
+
 def last_checkpoint(checkpoint_dir: Path) -> Path | None:
-    """The newest complete `checkpoint-N` in `checkpoint_dir`, or None."""
+    """The newest complete and undamaged `checkpoint-N` in `checkpoint_dir`, or None. A newer one whose
+    weights are damaged is passed over with a warning: resuming from it would end the run in a traceback."""
     if not checkpoint_dir.is_dir():
         return None
     complete = [
@@ -43,7 +65,12 @@ def last_checkpoint(checkpoint_dir: Path) -> Path | None:
         for path in checkpoint_dir.glob(f"{CHECKPOINT_PREFIX}*")
         if path.name[len(CHECKPOINT_PREFIX) :].isdigit() and is_complete(path)
     ]
-    return max(complete, key=lambda path: int(path.name[len(CHECKPOINT_PREFIX) :]), default=None)
+    for path in sorted(complete, key=lambda path: int(path.name[len(CHECKPOINT_PREFIX) :]), reverse=True):
+        damage = damaged_file(path)
+        if damage is None:
+            return path
+        log.warning("%s: damaged (%s); not resuming from it, trying the one before", path, damage)
+    return None
 
 
 def file_digest(path: Path) -> str:
@@ -59,9 +86,34 @@ def file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
-def run_fingerprint(params: dict[str, Any], inputs: list[Path]) -> dict[str, Any]:
-    """What a checkpoint is only valid for: the stage's params and the digests of its input files."""
-    return {"params": params, "inputs": {str(path): file_digest(path) for path in inputs if path.is_file()}}
+# The libraries whose versions decide what a checkpoint holds and how it is read back.
+TRAINING_LIBRARIES = ("torch", "transformers", "trl", "peft", "accelerate")
+PROJECT_ROOT = Path(__file__).resolve().parents[2]  # where stages/ and ta/ are: the code, not the workspace
+
+
+def library_versions() -> dict[str, str | None]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions: dict[str, str | None] = {}
+    for name in TRAINING_LIBRARIES:
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def run_fingerprint(params: dict[str, Any], inputs: list[Path], code: tuple[str, ...] = ()) -> dict[str, Any]:
+    """What a checkpoint is only valid for: the stage's params, the digests of its input files and of its
+    code (`code`: files relative to the project, the stage's code deps in dvc.yaml), and the training
+    libraries' versions. After a fix to the code or an upgrade, DVC reruns the stage: it must start afresh,
+    not resume the old run."""
+    return {
+        "params": params,
+        "inputs": {str(path): file_digest(path) for path in inputs if path.is_file()},
+        "code": {name: file_digest(PROJECT_ROOT / name) for name in code},
+        "libraries": library_versions(),
+    }
 
 
 def prepare_resume(checkpoint_dir: Path, fingerprint: dict[str, Any]) -> None:

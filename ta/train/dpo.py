@@ -19,6 +19,7 @@ from ta import paths
 from ta.base_model import BaseModelRef, read_base_ref
 from ta.config import Dpo
 from ta.errors import MissingInputError, ParamsError
+from ta.files import atomic_directory
 from ta.models import (
     check_attn_implementation,
     copy_tokenizer_files,
@@ -55,10 +56,24 @@ def check(params: Dpo) -> None:
         raise MissingInputError(f"{paths.SFT_DIR}: missing; run `dvc repro sft` first")
 
 
+# The stage's code: its Python deps in dvc.yaml (tests/train/test_checkpoints.py checks the two agree).
+CODE = (
+    "stages/dpo.py",
+    "ta/train/dpo.py",
+    "ta/train/args.py",
+    "ta/train/launch.py",
+    "ta/train/checkpoints.py",
+    "ta/train/tracking.py",
+    "ta/files.py",
+    "ta/models.py",
+    "ta/base_model.py",
+)
+
+
 def fingerprint(params: Dpo) -> dict[str, Any]:
     inputs = [paths.PREF_TRAIN, paths.PREF_EVAL, Path(params.deepspeed_config), *sorted(paths.BASE_DIR.glob("*"))]
     inputs += sorted(paths.SFT_DIR.glob("*.safetensors"))
-    return checkpoints.run_fingerprint({"dpo": dataclasses.asdict(params)}, inputs)
+    return checkpoints.run_fingerprint({"dpo": dataclasses.asdict(params)}, inputs, CODE)
 
 
 def load_policy(ref: BaseModelRef, params: Dpo) -> Any:
@@ -138,10 +153,11 @@ def train(
     metrics = {**last_eval, "global_step": state.global_step}
     if trainer.is_world_process_zero():
         model = trainer.model
-        if is_adapter(paths.SFT_DIR):
-            save_model(model, out_dir, selected_adapters=["default"])
-        else:
-            save_model(model, out_dir)
-        copy_tokenizer_files(paths.SFT_DIR, out_dir)
+        with atomic_directory(out_dir) as staging:  # models/dpo whole or not at all
+            if is_adapter(paths.SFT_DIR):
+                save_model(model, staging, selected_adapters=["default"])
+            else:
+                save_model(model, staging)
+            copy_tokenizer_files(paths.SFT_DIR, staging)
         checkpoints.clear_checkpoints(checkpoint_dir)
     return metrics

@@ -17,6 +17,7 @@ from ta import chat, paths
 from ta.base_model import BaseModelRef, read_base_ref
 from ta.config import Sft
 from ta.errors import ParamsError
+from ta.files import atomic_directory
 from ta.models import (
     check_attn_implementation,
     copy_tokenizer_files,
@@ -84,9 +85,25 @@ def memory_run(params: Sft) -> memory.Run:
     )
 
 
+# The stage's code: its Python deps in dvc.yaml (tests/train/test_checkpoints.py checks the two agree).
+CODE = (
+    "stages/sft.py",
+    "ta/train/sft.py",
+    "ta/train/args.py",
+    "ta/train/launch.py",
+    "ta/train/checkpoints.py",
+    "ta/train/tracking.py",
+    "ta/train/memory.py",
+    "ta/files.py",
+    "ta/chat.py",
+    "ta/models.py",
+    "ta/base_model.py",
+)
+
+
 def fingerprint(params: Sft, lr: float) -> dict[str, Any]:
     inputs = [paths.SFT_TRAIN, paths.SFT_EVAL, Path(params.deepspeed_config), *sorted(paths.BASE_DIR.glob("*"))]
-    return checkpoints.run_fingerprint({"lr": lr, "sft": dataclasses.asdict(params)}, inputs)
+    return checkpoints.run_fingerprint({"lr": lr, "sft": dataclasses.asdict(params)}, inputs, CODE)
 
 
 def lora_config(params: Sft) -> Any:
@@ -187,7 +204,8 @@ def train(
         last_eval = next(entry for entry in reversed(state.log_history) if "eval_loss" in entry)
         metrics = {**last_eval, "global_step": state.global_step}
     if trainer.is_world_process_zero():
-        save_model(trainer.model, out_dir)
-        copy_tokenizer_files(paths.BASE_DIR, out_dir)
+        with atomic_directory(out_dir) as staging:  # models/sft whole or not at all
+            save_model(trainer.model, staging)
+            copy_tokenizer_files(paths.BASE_DIR, staging)
         checkpoints.clear_checkpoints(checkpoint_dir)
     return metrics

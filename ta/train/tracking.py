@@ -23,12 +23,31 @@ TIMING_KEYS = ("runtime", "per_second", "flos")
 
 
 def truncate_plots(live_dir: Path, last_step: int) -> None:
-    """Drop the rows of every DVCLive plot TSV under `live_dir` whose step is past `last_step`."""
+    """Drop the rows of every DVCLive plot TSV under `live_dir` whose step is past `last_step`, and a row the
+    killed run left half-written (DVCLive appends rows in place: a kill mid-row leaves one without its
+    newline, which the resumed run's next row would run into). A file without a whole header is removed:
+    DVCLive writes it afresh."""
     for tsv in (live_dir / "plots" / "metrics").rglob("*.tsv"):
-        header, *rows = tsv.read_text(encoding="utf-8").splitlines(keepends=True)
-        step_col = header.rstrip("\n").split("\t").index("step")
-        kept = [row for row in rows if int(row.split("\t")[step_col]) <= last_step]
-        write_atomically(tsv, "".join([header, *kept]))
+        lines = tsv.read_bytes().decode("utf-8", "replace").split("\n")
+        header, rows = lines[0], lines[1:-1]  # the last piece is "" after a whole row, a cut row otherwise
+        if len(lines) < 2 or "step" not in header.split("\t"):
+            tsv.unlink()
+            continue
+        columns = header.split("\t")
+        kept = [row for row in rows if _step(row, columns) is not None and _step(row, columns) <= last_step]
+        write_atomically(tsv, "".join(f"{line}\n" for line in [header, *kept]))
+
+
+def _step(row: str, columns: list[str]) -> int | None:
+    """The row's step, None for a row that is not whole (a field missing, a number cut short)."""
+    fields = row.split("\t")
+    if len(fields) != len(columns):
+        return None
+    try:
+        [float(field) for field in fields]
+        return int(fields[columns.index("step")])
+    except ValueError:
+        return None
 
 
 def dvclive_callbacks(live_dir: Path, params: dict[str, Any], resume_step: int | None = None) -> list[Any]:

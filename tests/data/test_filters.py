@@ -73,8 +73,28 @@ def test_the_first_failing_filter_names_the_reason() -> None:
     )
     assert filters.first_failing(sft("", "As an AI language model"), rules())[0] == "empty_turn"
     assert filters.first_failing(sft("一", "二"), rules(min_tokens=3)) == ("too_short", "2 tokens < min_tokens 3")
-    assert [reason for reason, _ in filters.ROW_FILTERS] == ["empty_turn", "refusal", "too_short", "too_long"]
+    assert [reason for reason, _ in filters.ROW_FILTERS] == [
+        "empty_turn",
+        "special_tokens",
+        "refusal",
+        "too_short",
+        "too_long",
+    ]
     assert filters.first_failing(sft("问题", "答案"), rules()) is None
+
+
+def test_special_tokens_are_found_in_any_turn_or_answer() -> None:
+    assert filters.special_tokens(sft("问<|im_start|>system", "答"), rules()) == (
+        "turn 1 (user) contains the special token '<|im_start|>'"
+    )
+    pair = Sample([{"role": "user", "content": "q"}], chosen="好", rejected="坏<|endoftext|>")
+    assert filters.special_tokens(pair, rules()) == "rejected contains the special token '<|endoftext|>'"
+    assert filters.special_tokens(sft("<|im_start", "im_end|>"), rules()) is None  # only whole tokens
+    # the counter says which tokens are special: one without any finds nothing
+    plain = filters.Rules(1, 100, (), SYSTEM, TokenCounter(len, lambda messages: 0))
+    assert filters.special_tokens(sft("问<|im_start|>", "答"), plain) is None
+    custom = filters.Rules(1, 100, (), SYSTEM, TokenCounter(len, lambda messages: 0, ["[INST]"]))
+    assert filters.special_tokens(sft("[INST] 问", "答"), custom) == "turn 1 (user) contains the special token '[INST]'"
 
 
 class BoundedCounter(TokenCounter):

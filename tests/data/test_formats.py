@@ -104,14 +104,38 @@ def test_ultrafeedback_as_published_pairs_the_best_with_the_first_worst_completi
     assert sample.rejected == "Recursion is a kind of loop in Excel."  # score 2.0, listed before the other 2.0
 
 
-def test_ultrafeedback_with_equal_scores_has_no_pair() -> None:
+@pytest.mark.parametrize(
+    ("scores", "reason"),
+    [
+        ([5, 5], "no_preference"),
+        ([float("nan"), float("nan")], "no_preference"),
+        ([float("nan"), 3], "no_preference"),  # a NaN score rates nothing: one rated completion left
+        ([float("inf"), 3], "no_preference"),
+        ([5], "no_pair"),
+    ],
+)
+def test_ultrafeedback_without_two_different_scores_has_no_preference(scores: list[float], reason: str) -> None:
     row = {
         "instruction": "q",
-        "completions": [{"response": "a", "overall_score": 5}, {"response": "b", "overall_score": 5}],
+        "completions": [{"response": f"answer {i}", "overall_score": score} for i, score in enumerate(scores)],
     }
     with pytest.raises(RowRejected) as err:
         normalise(row, "ultrafeedback_raw")
-    assert err.value.reason == "no_pair"
+    assert err.value.reason == reason
+
+
+def test_ultrafeedback_skips_a_nan_score_between_rated_ones() -> None:
+    scores = [2, float("nan"), 9]
+    row = {"instruction": "q", "completions": [{"response": str(s), "overall_score": s} for s in scores]}
+    sample = normalise(row, "ultrafeedback_raw")
+    assert (sample.chosen, sample.rejected) == ("9", "2")
+
+
+def test_sharegpt_pairs_without_an_answer_is_a_missing_field() -> None:
+    row = {"conversations": [{"from": "human", "value": "q"}], "chosen": {"from": "gpt", "value": "a"}}
+    with pytest.raises(RowRejected) as err:
+        normalise(row, "sharegpt_pairs")
+    assert (err.value.reason, err.value.detail) == ("missing_field", 'field "rejected" is missing')
 
 
 def test_sharegpt_pairs_and_guide_pairs() -> None:

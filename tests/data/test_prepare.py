@@ -224,7 +224,7 @@ def stage_params(tmp_path: Path, **overrides):
     pairs = [
         json.dumps(
             {
-                "instruction": f"解方程 x + {i} = {2 * i}，写出步骤。",
+                "instruction": f"解方程 x + {i} = {2 * i}，写出解题步骤。",  # 2 of these held out, 1 of the first 3
                 "chosen": f"两边同时减去 {i}：x = {2 * i} − {i} = {i}。检验：{i} + {i} = {2 * i}。",
                 "rejected": "不知道。",
             },
@@ -382,3 +382,116 @@ def test_two_worker_processes_give_the_same_files_as_one(
     two = run_cli([big], tmp_path / "two.jsonl", on_error="skip", num_proc=2)
     assert one == two and two["rows_in"] == 36 and two["kept"] == 1
     assert (tmp_path / "one.rejects.jsonl").read_bytes() == (tmp_path / "two.rejects.jsonl").read_bytes()
+
+
+@pytest.mark.parametrize("spelling", ["same", "dotdot", "symlink", "hardlink", "rejects"])
+def test_cli_refuses_an_output_that_is_an_input(
+    spelling: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ta.data import tokens
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(tokens, "TokenizerCounter", lambda _: hand_counter())
+    (tmp_path / "raw").mkdir()
+    source = tmp_path / "raw" / ("out.rejects.jsonl" if spelling == "rejects" else "qa.jsonl")
+    source.write_text(GOOD + "\n", encoding="utf-8")
+    output = {
+        "same": "raw/qa.jsonl",
+        "dotdot": "raw/../raw/./qa.jsonl",
+        "symlink": "link.jsonl",
+        "hardlink": "hard.jsonl",
+        "rejects": "raw/out.jsonl",  # its rejects file, raw/out.rejects.jsonl, is the input
+    }[spelling]
+    if spelling == "symlink":
+        (tmp_path / "link.jsonl").symlink_to(source)
+    if spelling == "hardlink":
+        (tmp_path / "hard.jsonl").hardlink_to(source)
+    code = prepare_stage.main(["--input", str(source), "--output", output])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("prepare: error: ") and "is the input" in err and err.count("\n") == 1
+    assert source.read_text(encoding="utf-8") == GOOD + "\n"  # the input is intact
+    assert not (tmp_path / "raw" / "out.jsonl").exists()  # nothing written
+
+
+@pytest.mark.parametrize("content", ["", "\n\n  \n", "[]", "[\n]\n"])
+def test_an_empty_source_is_an_error_naming_it(content: str, tmp_path: Path) -> None:
+    from ta.errors import PrepareError
+
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text(content, encoding="utf-8")
+    good = tmp_path / "good.jsonl"
+    good.write_text(GOOD + "\n", encoding="utf-8")
+    with pytest.raises(PrepareError) as err:
+        run_cli([good, empty], tmp_path / "out.jsonl")
+    assert str(err.value) == f"{empty}: no rows (the source is empty); fill it or remove it from the sources"
+
+
+def test_an_empty_held_out_split_stops_prepare_naming_the_split(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    stage_params(tmp_path)  # writes the raw files
+    # 3 pairs, all on the training side at eval_fraction 0.1 (their split hashes are all above it)
+    pairs = Path("data/raw/pref.jsonl").read_text(encoding="utf-8").splitlines()
+    Path("data/raw/pref.jsonl").write_text("\n".join(pairs[1:4]) + "\n", encoding="utf-8")
+    write_params(
+        tmp_path,
+        prepare={
+            "sft_sources": ["data/raw/sft.jsonl"],
+            "preference_sources": ["data/raw/pref.jsonl"],
+            "eval_fraction": 0.1,
+            "system_prompt": SYSTEM,
+        },
+    )
+    monkeypatch.setattr(prepare, "TokenizerCounter", lambda _: hand_counter())
+    assert prepare_stage.main([]) == 2
+    assert capsys.readouterr().err == (
+        "prepare: error: data/prepared/pref_eval.jsonl: the pref_eval split is empty (3 pref rows kept, "
+        "prepare.eval_fraction 0.1); raise prepare.eval_fraction or add rows to prepare.preference_sources\n"
+    )
+    assert not Path("data/prepared/pref_train.jsonl").exists()  # nothing for sft/dpo to start on
+
+
+def test_a_kind_with_sources_but_no_kept_rows_stops_prepare(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ta.errors import PrepareError
+
+    monkeypatch.chdir(tmp_path)
+    params = stage_params(tmp_path)
+    Path("data/raw/pref.jsonl").write_text(
+        json.dumps({"instruction": "解方程 x + 1 = 2。", "chosen": "x = 1", "rejected": "x = 1"}) + "\n",
+        encoding="utf-8",
+    )
+    with pytest.raises(PrepareError, match=r"^data/prepared/pref_train\.jsonl: no rows kept from prepare\.preference_"):
+        run_stage(params)
+
+
+def test_a_failed_run_leaves_the_previous_outputs_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ta.errors import DataError
+
+    monkeypatch.chdir(tmp_path)
+    params = stage_params(tmp_path)
+    with open("data/raw/sft.jsonl", "a", encoding="utf-8") as f:
+        f.write(qa("1+1", "2") + "\n")  # too short: the rejects file is not empty
+    run_stage(params)
+    before = {name: Path(name).read_bytes() for name in OUTPUTS}
+    raw = Path("data/raw/sft.jsonl").read_text(encoding="utf-8")
+    Path("data/raw/sft.jsonl").write_text('{"question": "断了\n' + raw, encoding="utf-8")  # on_error: stop
+    with pytest.raises(DataError, match=r"^data/raw/sft\.jsonl:1: malformed JSON"):
+        run_stage(params)
+    assert {name: Path(name).read_bytes() for name in OUTPUTS} == before
+    assert not [p for p in tmp_path.rglob("*.tmp")]  # no temp file left behind
+
+
+def test_a_failed_cli_run_leaves_an_existing_output_whole(tmp_path: Path) -> None:
+    from ta.errors import DataError
+
+    (tmp_path / "out.jsonl").write_text("an earlier run's output\n", encoding="utf-8")
+    (tmp_path / "out.rejects.jsonl").write_text("its rejects\n", encoding="utf-8")
+    raw = tmp_path / "raw.jsonl"
+    raw.write_text(GOOD + '\n{"question": "断了\n', encoding="utf-8")
+    with pytest.raises(DataError):
+        run_cli([raw], tmp_path / "out.jsonl")  # on_error: stop
+    assert (tmp_path / "out.jsonl").read_text(encoding="utf-8") == "an earlier run's output\n"
+    assert (tmp_path / "out.rejects.jsonl").read_text(encoding="utf-8") == "its rejects\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.jsonl", "out.rejects.jsonl", "raw.jsonl"]

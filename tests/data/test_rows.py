@@ -95,3 +95,19 @@ def test_a_near_dup_threshold_that_leaves_one_band_is_a_params_error() -> None:
     params = prepare_params(near_dup_threshold=0.9, near_dup_num_perm=16)
     with pytest.raises(ParamsError, match=r"params.yaml: prepare: near_dup_threshold 0.9 with 16 .*single"):
         make_row_processor(params, hand_counter())
+
+
+def test_a_pair_with_the_same_answer_twice_is_no_preference_and_the_others_line_up() -> None:
+    def pair(chosen: str, rejected: str) -> bytes:
+        return line({"instruction": QUESTION, "chosen": chosen, "rejected": rejected})
+
+    rows = [
+        pair(ANSWER, "  " + ANSWER.replace("，", ",") + " "),  # the same once normalised (width, spaces)
+        pair(ANSWER, "光合作用就是植物晒太阳，它没有别的意义，也不需要水。"),
+        pair("Answer IS １２。", "answer is 12。"),  # the same once normalised (case, width)
+    ]
+    decisions = processor().process_chunk(LineBlock(1, b"\n".join(rows)), "p.jsonl", "pairs", {}, 1)
+    assert decisions.reject_reasons == ["no_preference", None, "no_preference"]
+    assert decisions.details[0] == "chosen and rejected are the same answer once normalised"
+    assert decisions.passed == [1] and len(decisions.ids) == len(decisions.chat) == 1
+    assert json.loads(decisions.chat[0])["rejected"][0]["content"].startswith("光合作用就是植物晒太阳")

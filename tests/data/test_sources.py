@@ -18,10 +18,14 @@ from tests.helpers import hand_counter, prepare_params, read_jsonl
 
 FIREFLY = [json.loads(line) for line in (FIXTURES / "firefly.jsonl").read_text(encoding="utf-8").splitlines()]
 FIREFLY_COLUMNS = PrepareColumns(instruction="input", output="target")
+SHA = "83dbe7c6fd0b3a0d1ea7fbc9e1f4d0d5c7d0e1a2"  # a revision pinned to a commit
 
 
 def firefly_stage(tmp_path: Path, source: PrepareSource) -> dict:
-    params = prepare_params(sft_sources=[source], preference_sources=[], min_tokens=5, system_prompt="s")
+    # eval_fraction: one of the two rows on each side of the split (prepare refuses an empty split)
+    params = prepare_params(
+        sft_sources=[source], preference_sources=[], min_tokens=5, system_prompt="s", eval_fraction=0.7
+    )
     return prepare.run_stage(params, hand_counter())
 
 
@@ -74,6 +78,7 @@ def test_a_hub_dataset_out_of_reach_stops_the_stage_with_one_line(
     monkeypatch.chdir(tmp_path)
     build_tokenizer("sentencepiece", tmp_path / "models/base")
     firefly = {"hub": "YeungNLP/firefly-train-1.1M", "format": "alpaca", "columns": {"instruction": "input"}}
+    firefly["revision"] = SHA
     write_params(tmp_path, prepare={"sft_sources": [firefly], "preference_sources": []})
     assert prepare_stage.main([]) == 2
     err = capsys.readouterr().err
@@ -141,10 +146,33 @@ def test_columns_map_source_columns_to_format_fields() -> None:
 
 def test_sources_come_from_params_sft_first(tmp_path: Path) -> None:
     params = prepare_params(
-        sft_sources=["a.jsonl", PrepareSource(hub="org/set", format="alpaca")], preference_sources=["p.jsonl"]
+        sft_sources=["a.jsonl", PrepareSource(hub="org/set", format="alpaca", revision=SHA)],
+        preference_sources=["p.jsonl"],
     )
     assert [(s.name, s.kind) for s in sources.sources_from_params(params)] == [
         ("a.jsonl", "sft"),
         ("org/set", "sft"),
         ("p.jsonl", "preference"),
     ]
+
+
+def test_a_hub_dataset_without_a_pinned_revision_stops_prepare_before_reading(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    unpinned = PrepareSource(hub="YeungNLP/firefly-train-1.1M", format="alpaca")
+    params = prepare_params(sft_sources=["never-read.jsonl", unpinned], preference_sources=[])
+    with pytest.raises(PrepareError, match=r"^YeungNLP/firefly-train-1\.1M: no revision pinned; add `revision: "):
+        sources.sources_from_params(params)
+    branch = PrepareSource(hub="YeungNLP/firefly-train-1.1M", format="alpaca", revision="main")
+    assert len(sources.sources_from_params(prepare_params(sft_sources=[branch], preference_sources=[]))) == 1
+    assert "revision 'main' is not a commit sha; a branch or tag can move" in caplog.text
+
+
+def test_the_pinned_revision_is_in_the_metrics(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "YeungNLP/firefly").mkdir(parents=True)  # a dataset directory laid out as a hub snapshot
+    (tmp_path / "YeungNLP/firefly/train.jsonl").write_bytes((FIXTURES / "firefly.jsonl").read_bytes())
+    source = PrepareSource(hub="YeungNLP/firefly", format="alpaca", columns=FIREFLY_COLUMNS, revision=SHA)
+    assert firefly_stage(tmp_path, source)["sources"]["YeungNLP/firefly"]["revision"] == SHA
+    metrics = json.loads(Path("metrics/prepare.json").read_text(encoding="utf-8"))
+    assert metrics["sources"]["YeungNLP/firefly"]["revision"] == SHA

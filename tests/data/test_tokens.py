@@ -69,3 +69,19 @@ def test_plain_counter_counts_with_the_functions_it_wraps() -> None:
     assert counter.count_chat_over([{"content": "ab"}], 4) == 5
     assert counter.count_chat_over([{"content": "a"}], 4) is None
     assert counter.count_many(["a", "abc"]) == [1, 3]
+
+
+def test_special_tokens_come_from_the_tokenizer(tokenizer_dirs: dict[str, Path]) -> None:
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    from ta.data.tokens import special_tokens_of
+
+    counter = TokenizerCounter(tokenizer_dirs["byte_level_nfc"])
+    assert {"<|im_start|>", "<|im_end|>", "<|endoftext|>"} <= set(counter.special_tokens)
+    # another family's control tokens, none of ChatML's
+    backend = Tokenizer(models.BPE(vocab={"a": 0, "<s>": 1, "</s>": 2, "[INST]": 3}, merges=[]))
+    llama_like = PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token="<s>", eos_token="</s>", additional_special_tokens=["[INST]"]
+    )
+    assert set(special_tokens_of(llama_like)) == {"<s>", "</s>", "[INST]"}

@@ -177,3 +177,23 @@ def test_the_stop_tokens_are_the_turn_end_and_the_document_end() -> None:
     tokenizer = char_tokenizer([ALPHABET])
     vocab = tokenizer.get_vocab()
     assert evaluate.stop_token_ids(tokenizer) == {vocab["<|im_end|>"], vocab["<|endoftext|>"]}
+
+
+def test_a_nan_perplexity_is_null_in_eval_json_and_fails_its_gate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.chdir(tmp_path)
+
+    def result(ppl: float) -> evaluate.ArtifactResult:
+        return evaluate.ArtifactResult(ppl, {"task": 0.5, "rouge_l": None, "exact_match": None}, [], 0.5, 0.0)
+
+    results = {"gguf_f16": result(8.0), "gguf_q4_k_m": result(math.nan)}  # e.g. a q4_k_m that computes NaN
+    report = evaluate.build_report(results, {})
+    evaluate.write_json(Path("metrics/eval.json"), report)
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"{constant} in metrics/eval.json")
+
+    written = json.loads(Path("metrics/eval.json").read_text(encoding="utf-8"), parse_constant=refuse)
+    assert written["perplexity"] == {"gguf_f16": 8.0, "gguf_q4_k_m": None}
+    assert written["quantization"] == {"q4_k_m_vs_f16_ppl_ratio": None}
+    with pytest.raises(GateFailed, match=r"q4_k_m_vs_f16_ppl_ratio is nan \(a perplexity is not finite\)"):
+        evaluate.apply_gates(report, eval_params(gate_action="fail"))

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import SimpleNamespace
 
 import pytest
@@ -83,8 +85,8 @@ def test_judge_sends_the_api_key_from_the_environment(
     try:
         monkeypatch.setenv("TA_TEST_JUDGE_KEY", llama_server.key)
         params = judge_params(relay.base_url, "TA_TEST_JUDGE_KEY", samples=1)
-        score = judge.judge_score(params, [TASK, TASK], ["答案：5", "beyond judge_max_samples"])
-        assert score is not None and 0.0 <= score <= 1.0
+        score, unscored = judge.judge_score(params, [TASK, TASK], ["答案：5", "beyond judge_max_samples"])
+        assert score is not None and 0.0 <= score <= 1.0 and unscored == 0
         assert len(relay.requests) == 1  # judge_max_samples
         headers, body = relay.request_head_and_body()
         assert headers["authorization"] == f"Bearer {llama_server.key}"
@@ -92,8 +94,57 @@ def test_judge_sends_the_api_key_from_the_environment(
         assert request["model"] == "ta-lora" and request["response_format"]["schema"] == judge.VERDICT_SCHEMA
 
         monkeypatch.delenv("TA_TEST_JUDGE_KEY")
-        with pytest.raises(judge.JudgeError, match=r"judge answered HTTP 401"):
-            judge.judge_score(params, [TASK], ["答案：5"])
+        assert judge.judge_score(params, [TASK], ["答案：5"]) == (None, 1)  # refused (HTTP 401): unscored
         assert "authorization" not in relay.request_head_and_body()[0]
     finally:
         relay.close()
+
+
+def completion(content: object) -> bytes:
+    return json.dumps({"choices": [{"message": {"role": "assistant", "content": content}}]}).encode()
+
+
+# What a judge endpoint may send back, one reply per request, in order: (HTTP status, body).
+REPLIES = [
+    (200, completion('{"correct": 5, "clear": 5, "pedagogical": 5}')),  # the one good verdict: score 1.0
+    (200, b"<html>502 Bad Gateway</html>"),  # not JSON
+    (200, b'{"choices": []}'),  # no choice
+    (200, b'{"error": {"message": "overloaded"}}'),  # an error object, no choices
+    (200, completion({"correct": 5})),  # content that is not text
+    (200, completion("很好，给 5 分")),  # text that is not a verdict
+    (500, b"internal error"),
+    (200, completion('{"correct": 1, "clear": 1, "pedagogical": 1}')),  # score 0.0
+]
+
+
+class ScriptedJudge(BaseHTTPRequestHandler):
+    replies: list[tuple[int, bytes]] = []
+
+    def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+        self.rfile.read(int(self.headers["Content-Length"]))
+        status, body = self.replies.pop(0)
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_broken_judge_reply_costs_only_its_sample(caplog: pytest.LogCaptureFixture) -> None:
+    """A real HTTP server answering each request with the next of REPLIES: the two verdicts are scored, each
+    broken reply leaves its own sample unscored (logged), and nothing is raised."""
+    ScriptedJudge.replies = list(REPLIES)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), ScriptedJudge)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        params = judge_params(f"http://127.0.0.1:{server.server_address[1]}/v1", "TA_TEST_NO_KEY", len(REPLIES))
+        score, unscored = judge.judge_score(params, [TASK] * len(REPLIES), ["答案：5"] * len(REPLIES))
+    finally:
+        server.shutdown()
+    assert (score, unscored) == (0.5, 6)  # the mean of 1.0 and 0.0; six samples unscored
+    assert "judge: 6 of 8 answers unscored" in caplog.text
+    assert "sample 2 unscored: " in caplog.text and "not a chat completion" in caplog.text
+    assert "sample 7 unscored: " in caplog.text and "HTTP 500" in caplog.text

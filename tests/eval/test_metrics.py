@@ -161,6 +161,25 @@ def test_gates_skip_metrics_that_were_not_measured():
     assert metrics.gate_failures(m, max_q4_k_m_vs_f16_ppl_ratio=1.0, max_task_drop_dpo_vs_sft=0.0) == []
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_gate_on_a_metric_that_is_not_finite_fails(bad: float) -> None:
+    ratio = {"quantization": {"q4_k_m_vs_f16_ppl_ratio": bad}}
+    (failure,) = metrics.gate_failures(ratio, max_q4_k_m_vs_f16_ppl_ratio=1.1, max_task_drop_dpo_vs_sft=0.05)
+    assert failure.startswith("gate eval.max_q4_k_m_vs_f16_ppl_ratio: quantization.q4_k_m_vs_f16_ppl_ratio is ")
+    task = {"task": {"sft": 0.5, "dpo": bad}}
+    (failure,) = metrics.gate_failures(task, max_q4_k_m_vs_f16_ppl_ratio=1.1, max_task_drop_dpo_vs_sft=0.05)
+    assert failure == f"gate eval.max_task_drop_dpo_vs_sft: task.dpo is {bad} (not a finite score)"
+
+
+def test_perplexity_past_float_range_is_infinite() -> None:
+    assert metrics.perplexity([-1000.0, -1000.0]) == math.inf
+
+
+def test_finite_or_null_replaces_nan_and_infinity_at_any_depth() -> None:
+    report = {"a": {"x": float("nan"), "y": 1.5}, "b": [float("-inf"), 2], "c": None, "d": "NaN"}
+    assert metrics.finite_or_null(report) == {"a": {"x": None, "y": 1.5}, "b": [None, 2], "c": None, "d": "NaN"}
+
+
 def test_next_token_logprobs_of_known_distributions():
     # equal logits over 4 tokens -> p = 1/4; logits (0, ln 3) -> softmax (1/4, 3/4)
     got = metrics.next_token_logprobs([[0.0, 0.0, 0.0, 0.0], [0.0, math.log(3.0), -1e9, -1e9]], [2, 1])

@@ -76,3 +76,28 @@ def test_a_converter_failure_names_the_model_and_shows_its_error(tmp_path: Path)
     (tmp_path / "model/config.json").write_text('{"architectures": ["NoSuchForCausalLM"]}')
     with pytest.raises(gguf.ExportError, match=rf"convert_hf_to_gguf.py failed on {tmp_path / 'model'} \(exit \d+\):"):
         gguf.convert(tmp_path / "model", tmp_path / "out.gguf", "f16", "")
+
+
+def test_a_gguf_that_fails_parity_is_not_left_at_its_final_path(narrow_workspace: Path, tmp_path: Path) -> None:
+    """The stage as DVC runs it: with the shipped tolerance the file passes and lands at its final path; with
+    a tolerance no f16 file can meet it fails, and neither it nor its temp file is left (the one from the
+    run before stays: the old complete output)."""
+    from tests.helpers import run_module, write_params
+
+    work = shutil.copytree(narrow_workspace, tmp_path / "work")
+    final = work / "models/gguf/teachingassistant-f16.gguf"
+    passed = run_module("stages.gguf", work, timeout=600)
+    assert passed.returncode == 0, passed.stderr[-3000:]
+    good = final.read_bytes()
+    assert good[:4] == b"GGUF" and (work / "metrics/gguf.json").is_file()
+
+    final.unlink()
+    write_params(work, gguf={"parity_samples": 2, "parity_max_tokens": 32, "logit_tolerance": 1.0e-9})
+    failed = run_module("stages.gguf", work, timeout=600)
+    assert failed.returncode == 2 and "Traceback" not in failed.stderr
+    assert "logits differ from models/merged" in failed.stderr
+    assert sorted(p.name for p in (work / "models/gguf").iterdir()) == []  # nothing at the final path, no temp
+
+    final.write_bytes(good)  # a complete file from an earlier run stays
+    assert run_module("stages.gguf", work, timeout=600).returncode == 2
+    assert final.read_bytes() == good and sorted(p.name for p in (work / "models/gguf").iterdir()) == [final.name]

@@ -127,3 +127,21 @@ def test_the_export_stages_with_other_types(pipeline_repo: Path, tmp_path: Path,
         assert report[qtype]["fallback_share"] == 0.0
     modelfile = (work / "models/ollama/Modelfile").read_text()
     assert f"FROM ../gguf/teachingassistant-{types[0]}.gguf" in modelfile
+
+
+def test_a_quantized_file_that_fell_back_is_not_left_at_its_final_path(narrow_workspace: Path, tmp_path: Path) -> None:
+    """quantize as DVC runs it, on a model no k-quant block divides: the q4_k_m file falls back, the stage
+    fails and leaves nothing at the final path; allowed to fall back (max_fallback_share 1.0), it is there."""
+    from ta.export.gguf import convert
+
+    work = shutil.copytree(narrow_workspace, tmp_path / "work")
+    convert(work / "models/merged", work / "models/gguf/teachingassistant-f16.gguf", "f16", "")
+    failed = run_module("stages.quantize", work, timeout=600)
+    assert failed.returncode == 2 and "Traceback" not in failed.stderr
+    assert "fell back from q4_k_m" in failed.stderr
+    assert sorted(p.name for p in (work / "models/gguf").iterdir()) == ["teachingassistant-f16.gguf"]
+
+    write_params(work, quantize={"max_fallback_share": 1.0})
+    passed = run_module("stages.quantize", work, timeout=600)
+    assert passed.returncode == 0, passed.stderr[-3000:]
+    assert (work / "models/gguf/teachingassistant-q4_k_m.gguf").read_bytes()[:4] == b"GGUF"

@@ -180,7 +180,7 @@ def run_prepare(reviewed: Path, workdir: Path, monkeypatch: pytest.MonkeyPatch, 
         min_tokens=5,
         max_tokens=512,
         refusal_patterns=["作为一个AI语言模型"],
-        eval_fraction=0.0,
+        eval_fraction=0.3,  # prepare refuses an empty split: the edited row is held out, the others train
         on_error="stop",
         near_dup_threshold=0.0,
         near_dup_num_perm=64,
@@ -191,7 +191,8 @@ def run_prepare(reviewed: Path, workdir: Path, monkeypatch: pytest.MonkeyPatch, 
 
 
 def kept_questions(workdir: Path) -> list[str]:
-    rows = [json.loads(line) for line in (workdir / "data/prepared/sft_train.jsonl").read_text("utf-8").splitlines()]
+    splits = [workdir / "data/prepared/sft_train.jsonl", workdir / "data/prepared/sft_eval.jsonl"]
+    rows = [json.loads(line) for split in splits for line in split.read_text("utf-8").splitlines()]
     return sorted(row["messages"][1]["content"] for row in rows)
 
 

@@ -146,6 +146,8 @@ def test_large_files_are_fingerprinted_by_size_and_time(tmp_path: Path) -> None:
     assert checkpoints.run_fingerprint({"p": 1}, [small, tmp_path / "absent"]) == {
         "params": {"p": 1},
         "inputs": {str(small): hashlib.sha256(b"{}").hexdigest()},
+        "code": {},
+        "libraries": checkpoints.library_versions(),
     }
 
 
@@ -153,3 +155,81 @@ def test_clearing_leaves_the_directory_empty_not_gone(tmp_path: Path) -> None:
     (tmp_path / "c" / "checkpoint-1").mkdir(parents=True)
     checkpoints.clear_checkpoints(tmp_path / "c")
     assert (tmp_path / "c").is_dir() and not any((tmp_path / "c").iterdir())
+
+
+def write_checkpoint(directory: Path, step: int) -> Path:
+    """A checkpoint as the Trainer leaves it, in small: whole trainer state, adapter weights (safetensors),
+    optimizer state (torch.save)."""
+    import torch
+    from safetensors.torch import save_file
+
+    checkpoint = directory / f"checkpoint-{step}"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / checkpoints.COMPLETE_MARKER).write_text(json.dumps({"global_step": step}))
+    save_file({"lora_A": torch.ones(4, 8), "lora_B": torch.zeros(8, 4)}, str(checkpoint / "adapter_model.safetensors"))
+    torch.save({"state": {0: {"exp_avg": torch.ones(8)}}}, checkpoint / "optimizer.pt")
+    return checkpoint
+
+
+@pytest.mark.parametrize("damaged", ["adapter_model.safetensors", "optimizer.pt"])
+def test_a_checkpoint_with_damaged_weights_falls_back_to_the_one_before(
+    tmp_path: Path, damaged: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    import torch
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    older, newer = write_checkpoint(tmp_path, 2), write_checkpoint(tmp_path, 4)
+    assert checkpoints.last_checkpoint(tmp_path) == newer
+    data = (newer / damaged).read_bytes()
+    (newer / damaged).write_bytes(data[: len(data) // 2])  # cut short: a full disk, an interrupted copy
+    with pytest.raises((SafetensorError, RuntimeError)):  # what resuming from it would meet
+        load_file(str(newer / damaged)) if damaged.endswith(".safetensors") else torch.load(newer / damaged)
+    assert checkpoints.last_checkpoint(tmp_path) == older
+    assert f"checkpoint-4: damaged ({damaged}: " in caplog.text and "trying the one before" in caplog.text
+    (older / "adapter_model.safetensors").write_bytes(b"\x00" * 16)  # garbage, not a header
+    assert checkpoints.last_checkpoint(tmp_path) is None
+
+
+def test_checkpoints_of_other_code_or_libraries_are_cleared(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a fix to the stage's code or a library upgrade, DVC reruns the stage: it must not resume."""
+    from ta.train import dpo, sft
+
+    directory = tmp_path / "checkpoints"
+    fingerprint = checkpoints.run_fingerprint({"lr": 1.0e-3}, [], sft.CODE)
+    assert set(fingerprint["code"]) == set(sft.CODE) and fingerprint["libraries"]["torch"] is not None
+    checkpoints.prepare_resume(directory, fingerprint)
+    (directory / "checkpoint-2").mkdir()
+
+    checkpoints.prepare_resume(directory, checkpoints.run_fingerprint({"lr": 1.0e-3}, [], sft.CODE))
+    assert (directory / "checkpoint-2").is_dir()  # the same code and libraries: resumed
+
+    code = tmp_path / "project"
+    for name in sft.CODE + dpo.CODE:
+        (code / name).parent.mkdir(parents=True, exist_ok=True)
+        (code / name).write_bytes((checkpoints.PROJECT_ROOT / name).read_bytes())
+    monkeypatch.setattr(checkpoints, "PROJECT_ROOT", code)
+    checkpoints.prepare_resume(directory, checkpoints.run_fingerprint({"lr": 1.0e-3}, [], sft.CODE))
+    assert (directory / "checkpoint-2").is_dir()  # a copy of the same code: the same digests
+    with open(code / "ta/train/sft.py", "a", encoding="utf-8") as f:
+        f.write("# a fix\n")
+    checkpoints.prepare_resume(directory, checkpoints.run_fingerprint({"lr": 1.0e-3}, [], sft.CODE))
+    assert not (directory / "checkpoint-2").exists()  # other code: cleared
+
+    (directory / "checkpoint-2").mkdir()
+    monkeypatch.setattr(checkpoints, "TRAINING_LIBRARIES", (*checkpoints.TRAINING_LIBRARIES, "pytest"))
+    checkpoints.prepare_resume(directory, checkpoints.run_fingerprint({"lr": 1.0e-3}, [], sft.CODE))
+    assert not (directory / "checkpoint-2").exists()  # another library set (as after an upgrade): cleared
+
+
+@pytest.mark.parametrize("stage", ["sft", "dpo"])
+def test_the_code_a_checkpoint_is_keyed_on_is_the_stages_code_in_dvc_yaml(stage: str) -> None:
+    import importlib
+
+    import yaml
+
+    from tests.helpers import REPO
+
+    deps = yaml.safe_load((REPO / "dvc.yaml").read_text(encoding="utf-8"))["stages"][stage]["deps"]
+    module = importlib.import_module(f"ta.train.{stage}")
+    assert sorted(module.CODE) == sorted(dep for dep in deps if dep.endswith(".py"))

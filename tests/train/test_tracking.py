@@ -88,3 +88,32 @@ def test_a_summary_write_that_dies_half_way_leaves_a_resumable_metrics_json(tmp_
         log(killed, 3, {"loss": 1.25})
     (resumed,) = tracking.dvclive_callbacks(live_dir, {}, resume_step=2)  # reads metrics.json back
     assert resumed.live.summary == {"loss": 1.5, "step": 2}
+
+
+@pytest.mark.parametrize(
+    "cut",
+    ["5\t5.", "5\t", "5", "1", "\n5\t5.0"],
+    ids=["mid-number", "after-tab", "step-only", "mid-step", "blank-line"],  # mid-step: "1" of a step-10 row
+)
+def test_a_half_written_last_row_is_dropped_on_resume(tmp_path: Path, cut: str) -> None:
+    """DVCLive appends a row in place: a kill in the middle leaves it without its newline (or half of it). The
+    resumed run drops it and its own rows follow whole ones."""
+    live_dir = tmp_path / "dvclive/sft"
+    (killed,) = tracking.dvclive_callbacks(live_dir, {})
+    for step in range(1, 5):
+        log(killed, step, {"loss": float(step)})
+    with open(live_dir / "plots/metrics/loss.tsv", "a", encoding="utf-8") as f:
+        f.write(cut)  # the killed run's step-5 row, as far as it got
+    (resumed,) = tracking.dvclive_callbacks(live_dir, {}, resume_step=4)
+    log(resumed, 5, {"loss": 50.0})
+    rows = tsv_rows(live_dir / "plots/metrics/loss.tsv")
+    assert rows == [["step", "loss"], ["1", "1.0"], ["2", "2.0"], ["3", "3.0"], ["4", "4.0"], ["5", "50.0"]]
+
+
+def test_a_plot_file_cut_inside_its_header_is_started_afresh(tmp_path: Path) -> None:
+    live_dir = tmp_path / "dvclive/sft"
+    (live_dir / "plots/metrics").mkdir(parents=True)
+    (live_dir / "plots/metrics/loss.tsv").write_text("ste", encoding="utf-8")
+    (resumed,) = tracking.dvclive_callbacks(live_dir, {}, resume_step=4)
+    log(resumed, 5, {"loss": 50.0})
+    assert tsv_rows(live_dir / "plots/metrics/loss.tsv") == [["step", "loss"], ["5", "50.0"]]
