@@ -97,6 +97,8 @@ def ask_judge(
     except openai.APIConnectionError as err:
         cause = type(err.__cause__ or err).__name__
         raise JudgeError(f"{url}: judge endpoint unreachable ({cause}); is the server running?") from err
+    except (ValueError, openai.APIResponseValidationError) as err:  # a 200 whose body is not JSON
+        raise JudgeError(f"{url}: the judge's reply is not a chat completion ({type(err).__name__})") from err
     finally:
         client.close()
     choices = getattr(response, "choices", None)

@@ -8,11 +8,14 @@ tensors are not of the requested family.
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from ta.errors import ExportError
+
+log = logging.getLogger("quantize")
 
 # Tensor types a quant "family" may legitimately contain: q4_k_m keeps some tensors in q6_k by design,
 # and 1-D tensors (norms, biases) always stay f32.
@@ -39,6 +42,12 @@ def quantize(src: Path, dst: Path, qtype: str, threads: int) -> None:
     qparams = llama_cpp.llama_model_quantize_default_params()
     qparams.ftype = ftype
     qparams.nthread = threads
+    # A q8_0 source (gguf.outtype) is already quantized: llama.cpp refuses it unless asked. Rounding twice costs a
+    # little more than quantizing from f16 once, which quantize.json's parity and eval's perplexity then show.
+    source_types, _ = tensor_types(src)
+    if any(t.startswith(("Q", "IQ", "TQ")) for t in source_types):
+        log.warning("%s is already quantized (%s): requantizing it to %s", src, dict(source_types), qtype)
+        qparams.allow_requantize = True
     rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), qparams)
     if rc != 0:
         raise QuantizeError(f"{src}: llama_model_quantize to {qtype} failed (code {rc})")

@@ -118,11 +118,16 @@ REPLIES = [
 
 
 class ScriptedJudge(BaseHTTPRequestHandler):
+    """Answers the request about answer `<i>号回答` with REPLIES[i], however often it is asked (the client retries
+    a 500: each retry gets the same 500)."""
+
     replies: list[tuple[int, bytes]] = []
 
     def do_POST(self) -> None:  # noqa: N802 (http.server's name)
-        self.rfile.read(int(self.headers["Content-Length"]))
-        status, body = self.replies.pop(0)
+        request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        text = " ".join(str(m.get("content")) for m in request["messages"])
+        index = next(i for i in range(len(self.replies)) if f"{i}号回答" in text)
+        status, body = self.replies[index]
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
@@ -141,7 +146,8 @@ def test_a_broken_judge_reply_costs_only_its_sample(caplog: pytest.LogCaptureFix
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         params = judge_params(f"http://127.0.0.1:{server.server_address[1]}/v1", "TA_TEST_NO_KEY", len(REPLIES))
-        score, unscored = judge.judge_score(params, [TASK] * len(REPLIES), ["答案：5"] * len(REPLIES))
+        answers = [f"{i}号回答：5" for i in range(len(REPLIES))]
+        score, unscored = judge.judge_score(params, [TASK] * len(REPLIES), answers)
     finally:
         server.shutdown()
     assert (score, unscored) == (0.5, 6)  # the mean of 1.0 and 0.0; six samples unscored
