@@ -168,7 +168,16 @@ def test_a_stream_that_ends_without_done_is_an_error(server: str) -> None:
 
         def answer() -> None:
             conn, _ = listener.accept()
-            conn.recv(65536)
+            # Read the whole request first: closing with unread bytes would send a reset, not an end of stream.
+            request = b""
+            while b"\r\n\r\n" not in request:
+                request += conn.recv(65536)
+            head, body = request.split(b"\r\n\r\n", 1)
+            length = int(
+                next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length"))
+            )
+            while len(body) < length:
+                body += conn.recv(65536)
             piece = json.dumps({"message": {"role": "assistant", "content": "半"}, "done": False}).encode() + b"\n"
             head = b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nConnection: close\r\n\r\n"
             conn.sendall(head + piece)
