@@ -138,3 +138,7 @@ def test_the_stage_with_the_judge_on_and_a_failing_gate(
     assert any(score is not None for score in report["judge"].values())
     assert len(relay.requests) == 3 * 2  # judge_max_samples answers of each artifact
     assert {relay.request_head_and_body(i)[0]["authorization"] for i in range(6)} == {f"Bearer {llama_server.key}"}
+    # The key went only into those headers: not into the stage's output, nor any file it wrote or read.
+    assert llama_server.key not in result.stdout + result.stderr
+    leaked = [p for p in work.rglob("*") if p.is_file() and llama_server.key.encode() in p.read_bytes()]
+    assert leaked == []
