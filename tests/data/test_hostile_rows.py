@@ -12,12 +12,13 @@ from __future__ import annotations
 import json
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from ta.config import SourceFormat
 from ta.data import prepare, sources
 from tests.helpers import build_tokenizer, hand_counter, prepare_params, run_module, write_params
 
@@ -359,19 +360,7 @@ def test_stop_ends_at_the_first_structural_error_with_file_and_line(skip_run: di
 
 # ------------------------------------------------------------------- arbitrary JSON in every field
 
-FORMATS = [
-    "qa",
-    "alpaca",
-    "sharegpt",
-    "openai",
-    "firefly",
-    "pairs",
-    "sharegpt_pairs",
-    "hh_rlhf",
-    "ultrafeedback",
-    "ultrafeedback_raw",
-    "selfinstruct",
-]
+FORMATS = [f for f in get_args(SourceFormat) if f != "auto"]  # every format prepare reads
 JSON_SCALARS = st.one_of(
     st.none(),
     st.booleans(),

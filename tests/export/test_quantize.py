@@ -60,31 +60,12 @@ def test_an_unknown_quant_type_is_refused_before_llama_cpp_runs(tmp_path: Path) 
         quantize.quantize(tmp_path / "absent.gguf", tmp_path / "x.gguf", "q3_zz", threads=1)
 
 
-def test_widths_that_are_not_multiples_of_256_fall_back_and_are_caught(tmp_path: Path) -> None:
-    """A real llama.cpp fallback: a model whose hidden size (64) no k-quant block (256) divides. The file is
-    named q4_k_m, but its matrices are not Q4_K/Q6_K, and check_types says so."""
-    import torch
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    from ta import chat
+def test_widths_that_are_not_multiples_of_256_fall_back_and_are_caught(narrow_workspace: Path, tmp_path: Path) -> None:
+    """A real llama.cpp fallback: a model whose hidden size (64) no k-quant block (256) divides (conftest's
+    narrow_workspace). The file is named q4_k_m, but its matrices are not Q4_K/Q6_K, and check_types says so."""
     from ta.export.gguf import convert
-    from ta.train.tiny import hf_tokenizer, train_tokenizer
 
-    model_dir = tmp_path / "narrow"
-    train_tokenizer(["什么是线性代数？线性代数研究向量空间。", "What is a vector?"] * 30, model_dir, 300, seed=1)
-    tokenizer = hf_tokenizer(model_dir / "tokenizer.model")
-    torch.manual_seed(0)
-    config = Qwen2Config(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        bos_token_id=None,
-        eos_token_id=tokenizer.convert_tokens_to_ids(chat.IM_END),
-    )
-    Qwen2ForCausalLM(config).save_pretrained(str(model_dir))
+    model_dir = narrow_workspace / "models/merged"
     convert(model_dir, tmp_path / "narrow-f16.gguf", "f16", "")
     quantize.quantize(tmp_path / "narrow-f16.gguf", tmp_path / "narrow-q4_k_m.gguf", "q4_k_m", threads=2)
     _, matrices = gguf_types(tmp_path / "narrow-q4_k_m.gguf")
