@@ -5,13 +5,14 @@ OpenAI-compatible server (`python -m serve.llama_server`, started here on a free
 one-off API key) and ta/eval/llama_server_lm.py. Both score the same tasks with lm-eval's own metrics.
 
 The local task `ta_pref` is the held-out preference split as a multiple-choice task: the context is the
-prompt rendered with the model's chat template up to the assistant's turn, the choices are the chosen and
-the rejected answer with their end-of-turn token, the chosen one is right. `acc` is then the share of pairs
-whose chosen answer has the higher summed log-probability, `acc_norm` the same per byte of answer. Every
-context starts with the BOS token llama.cpp knows for the GGUF (a Qwen-style model adds none by itself):
-llama-cpp-python's server scores prompt tokens correctly only after one (see llama_server_lm.py), and the
-`hf` backend gets the same text, so both runtimes score the same token ids. It is built from
-data/prepared/pref_eval.jsonl into a temporary folder and read through the `json` dataset builder: offline.
+prompt rendered with the model's chat template up to the assistant's header, the choices are the chosen
+and the rejected answer with their end-of-turn token, the chosen one is right. `acc` is then the share of
+pairs whose chosen answer has the higher summed log-probability, `acc_norm` the same per character of
+answer (lm-eval divides by `len(choice)`). Every context starts with the BOS token llama.cpp knows for the
+GGUF (a Qwen-style model adds none by itself): llama-cpp-python's server scores prompt tokens correctly
+only after one (see llama_server_lm.py), and the `hf` backend gets the same text, so both runtimes score
+the same token ids. It is built from data/prepared/pref_eval.jsonl into a temporary folder and read
+through the `json` dataset builder: offline.
 
 Any other task name is lm-eval's own (ceval-valid, cmmlu, ...): its dataset comes from the Hugging Face Hub.
 """
@@ -51,8 +52,14 @@ Render = Callable[[list[dict[str, str]], bool], str]  # (messages, add_generatio
 
 
 def preference_doc(row: dict[str, Any], render: Render, document_start: str) -> dict[str, Any]:
-    """One held-out pair as a multiple-choice document: {"context", "choices": [chosen, rejected]}."""
-    context = render(row["prompt"], True)
+    """One held-out pair as a multiple-choice document: {"context", "choices": [chosen, rejected]}.
+
+    The context stops before the whitespace that ends the assistant's header ("<|im_start|>assistant\n"):
+    lm-eval moves a context's trailing whitespace into every continuation anyway (`TemplateLM._encode_pair`),
+    so the answers are written here as they are scored. That token is the same for both answers: `acc` does
+    not depend on it."""
+    header = render(row["prompt"], True)
+    context = header.rstrip()
     choices = []
     for answer in (row["chosen"], row["rejected"]):
         full = render(row["prompt"] + answer, False).rstrip("\n")  # the template's newline after a turn is not scored
