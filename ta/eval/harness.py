@@ -239,18 +239,18 @@ def run(params: Harness, serve: Serve) -> dict[str, Any]:
 
     from ta.eval.llama_server_lm import LlamaServerLM
 
-    bos_id, bos_text = gguf_bos(ARTIFACTS["gguf_q4_k_m"])
+    bos = gguf_bos(ARTIFACTS["gguf_q4_k_m"])
     report: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="ta-harness-") as temp:
         task_dir = Path(temp)
-        write_local_tasks(task_dir, [t for t in params.tasks if t in LOCAL_TASKS], render, bos_text)
+        write_local_tasks(task_dir, [t for t in params.tasks if t in LOCAL_TASKS], render, bos[1])
         for name in [name for name in ARTIFACTS if name in params.artifacts]:
             started = time.perf_counter()
             if name == "merged":
                 report[name] = evaluate(hf_model(ARTIFACTS[name], params), params, task_dir)
             else:
                 with llama_server(ARTIFACTS[name], serve, task_dir / "server.log") as (base_url, key):
-                    lm = LlamaServerLM(base_url, serve.lora_name, key, bos_id)
+                    lm = LlamaServerLM(base_url, serve.lora_name, key, bos)
                     report[name] = evaluate(lm, params, task_dir)
             log.info("%s: %s (%.1f s)", name, report[name], time.perf_counter() - started)
     text = json.dumps(finite_or_null(report), ensure_ascii=False, indent=2, allow_nan=False)

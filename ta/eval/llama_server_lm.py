@@ -8,8 +8,10 @@ The server reports token i's log-prob from the logits *after* token i (one posit
 starts with the model's BOS token, which it then leaves out of the report (abetlen/llama-cpp-python#1983,
 #1276); Qwen-style models add no BOS. `gguf` also splits the echo at a character offset, and the server
 counts special tokens (`<|im_start|>`) as zero characters; `local-completions` sends token ids, which this
-server refuses. Neither sends an API key. So every context here must start with the BOS token's text
-(ta/eval/harness.py puts it there, for every artifact alike), and this model checks that it does.
+server refuses. Neither sends an API key. So every request here starts with the BOS token: ta_pref's
+contexts carry it for every artifact alike (ta/eval/harness.py); another task's context gets it from this
+model, so on lm-eval's own tasks the GGUF is scored after a BOS the `hf` backend does not give a Qwen-style
+model (the difference is that one conditioning token).
 """
 
 from __future__ import annotations
@@ -25,9 +27,10 @@ from ta.errors import EvalError
 class LlamaServerLM(TemplateLM):
     """Log-likelihood requests against llama.cpp's server at `base_url` (…/v1) serving `model`."""
 
-    def __init__(self, base_url: str, model: str, api_key: str | None, bos_id: int, timeout: float = 120.0) -> None:
+    def __init__(self, base_url: str, model: str, api_key: str | None, bos: tuple[int, str], timeout: float = 120.0):
         super().__init__()
-        self.base_url, self.model, self.bos_id, self.timeout = base_url.rstrip("/"), model, bos_id, timeout
+        self.base_url, self.model, self.timeout = base_url.rstrip("/"), model, timeout
+        self.bos_id, self.bos_text = bos
         self.session = requests.Session()
         if api_key:
             self.session.headers["Authorization"] = f"Bearer {api_key}"
@@ -55,10 +58,7 @@ class LlamaServerLM(TemplateLM):
         results = []
         for (context, continuation), context_ids, continuation_ids in pairs:
             if not context_ids or context_ids[0] != self.bos_id:
-                raise EvalError(
-                    f"{self.base_url}: a context does not start with the BOS token ({self.bos_id}); the server "
-                    "would score every token one position late"
-                )
+                context, context_ids = self.bos_text + context, [self.bos_id, *context_ids]
             n_tokens = len(context_ids) + len(continuation_ids)
             results.append(self._score(context + continuation, n_tokens, continuation_ids))
         return results

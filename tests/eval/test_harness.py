@@ -173,7 +173,7 @@ def scored_pairs(pipeline_repo: Path, merged_dir: Path, q4_gguf: Path) -> Simple
         hf.append(hf_row)
         gguf.append(gguf_row)
     llm.close()
-    return SimpleNamespace(docs=docs, hf=hf, gguf=gguf, bos_id=bos_id)
+    return SimpleNamespace(docs=docs, hf=hf, gguf=gguf, bos=(bos_id, bos_text))
 
 
 def accuracy(rows: list[list[float]]) -> float:
@@ -203,7 +203,7 @@ def test_server_model_scores_what_llama_cpp_scores_directly(
 ) -> None:
     from ta.eval.llama_server_lm import LlamaServerLM
 
-    lm = LlamaServerLM(llama_server.base_url, "ta-lora", llama_server.key, scored_pairs.bos_id)
+    lm = LlamaServerLM(llama_server.base_url, "ta-lora", llama_server.key, scored_pairs.bos)
     docs = scored_pairs.docs[:3]
     requests = [SimpleNamespace(args=(doc["context"], choice)) for doc in docs for choice in doc["choices"]]
     got = [logprob for logprob, _ in lm.loglikelihood(requests, disable_tqdm=True)]
@@ -211,10 +211,10 @@ def test_server_model_scores_what_llama_cpp_scores_directly(
     assert got == pytest.approx(expected, rel=1e-3, abs=1e-3)
     assert not any(math.isclose(g, 0.0) for g in got)
 
+    # a context without the BOS (an lm-eval task's own) gets it from the model: the same score
     without_bos = SimpleNamespace(args=(docs[0]["context"].removeprefix(BOS), docs[0]["choices"][0]))
-    with pytest.raises(EvalError, match="BOS"):
-        lm.loglikelihood([without_bos], disable_tqdm=True)
+    assert lm.loglikelihood([without_bos], disable_tqdm=True)[0][0] == pytest.approx(got[0], abs=1e-4)
 
-    nobody = LlamaServerLM(llama_server.base_url, "ta-lora", "wrong-key", scored_pairs.bos_id)
+    nobody = LlamaServerLM(llama_server.base_url, "ta-lora", "wrong-key", scored_pairs.bos)
     with pytest.raises(EvalError, match="HTTP 401"):
         nobody.loglikelihood(requests[:1], disable_tqdm=True)
