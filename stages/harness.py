@@ -19,7 +19,7 @@ import os
 import sys
 import time
 
-from ta import paths
+from ta import libraries, paths
 from ta.config import load_params
 from ta.errors import report
 
@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
 
     def body() -> None:
+        libraries.check("harness")  # the installed versions are the ones libraries.yaml records
         from ta.eval.harness import run
 
         started = time.perf_counter()
