@@ -379,6 +379,7 @@ class Eval:
 
 @dataclass
 class Harness:
+    enabled: bool  # off: the stage writes {} without loading a model
     artifacts: list[Literal["merged", "gguf_q4_k_m"]]
     tasks: list[str]  # local (ta_pref) or lm-eval's own task names
     limit: NonNegative  # 0 = every document

@@ -81,7 +81,6 @@ REDUCED_PARAMS = {
     "dpo": {"max_steps": 4, "eval_steps": 2, "save_steps": 2, "logging_steps": 1},
     "gguf": {"parity_samples": 2, "parity_max_tokens": 64},
     "eval": {"max_samples": 4, "max_generations": 2, "max_new_tokens": 16},
-    "harness": {"limit": 4},
 }
 
 

@@ -69,6 +69,7 @@ LIBRARIES = (
     "deepspeed",
     "gguf",
     "llama-cpp-python",
+    "lm-eval",
 )
 
 PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(\[[^\]]*\])?==([^\s;\\]+)")

@@ -18,7 +18,8 @@ from ta.chat import CHATML_TEMPLATE
 from ta.config import load_params
 from ta.errors import EvalError, ParamsError
 from ta.eval import harness
-from tests.helpers import REPO, write_params
+from tests.conftest import apply_overrides
+from tests.helpers import DVC, REPO, clone_with_results, ran_stages, run, write_params
 
 SHIPPED = load_params(REPO / "params.yaml").harness
 SYSTEM = {"role": "system", "content": "你是教学助手。"}
@@ -176,14 +177,25 @@ def scored_pairs(pipeline_repo: Path, merged_dir: Path, q4_gguf: Path) -> Simple
     return SimpleNamespace(docs=docs, hf=hf, gguf=gguf, bos=(bos_id, bos_text))
 
 
+@pytest.fixture(scope="module")
+def harness_repo(pipeline_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The pipeline's results in a clone, with `harness.enabled: true` and `dvc repro` run: only harness runs."""
+    assert json.loads((pipeline_repo / "metrics/harness.json").read_text(encoding="utf-8")) == {}  # off by default
+    clone = clone_with_results(pipeline_repo, tmp_path_factory.mktemp("harness") / "repo")
+    apply_overrides(clone / "params.yaml", {"harness": {"enabled": True}})
+    result = run([DVC, "repro"], cwd=clone)
+    assert ran_stages(result.stdout) == ["harness"], result.stdout
+    return clone
+
+
 def accuracy(rows: list[list[float]]) -> float:
     return round(sum(chosen > rejected for chosen, rejected in rows) / len(rows), 4)
 
 
 def test_stage_results_are_the_share_of_pairs_whose_chosen_answer_is_likelier(
-    pipeline_repo: Path, scored_pairs: SimpleNamespace
+    harness_repo: Path, scored_pairs: SimpleNamespace
 ) -> None:
-    report = json.loads((pipeline_repo / "metrics/harness.json").read_text(encoding="utf-8"))
+    report = json.loads((harness_repo / "metrics/harness.json").read_text(encoding="utf-8"))
     n = len(scored_pairs.docs)
     assert set(report) == {"merged", "gguf_q4_k_m"}
     assert report["merged"]["ta_pref"]["samples"] == report["gguf_q4_k_m"]["ta_pref"]["samples"] == n
