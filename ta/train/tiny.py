@@ -2,7 +2,8 @@
 
 Both are trained on the plain question/answer text of the raw rows that prepare puts in the *train* split
 (ta/data/pretrain.py reads them with prepare's own code, so no held-out row is ever seen), plus freshly
-generated drill text (ta/data/drill.py, another seed). Pretraining teaches the vocabulary and some language; SFT then teaches the chat format.
+generated drill text (ta/data/drill.py, another seed).
+Pretraining teaches the vocabulary and some language; SFT then teaches the chat format.
 """
 
 from __future__ import annotations

@@ -62,10 +62,11 @@ def jsonl(rows: list[dict]) -> bytes:
     return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows).encode("utf-8")
 
 
-def raw_params(files: dict[str, bytes], sft: list[str], preference: list[str], **overrides):
-    """params `prepare` over `files` written under data/raw/ of the working directory: a quarter held out,
-    near-duplicate detection off (the rows differ only in their numbers), no length limit in the way."""
-    for name, data in files.items():
+def raw_params(sft: dict[str, bytes], preference: dict[str, bytes], **overrides):
+    """params `prepare` over the files {name: content} written under data/raw/ of the working directory: a
+    quarter held out, near-duplicate detection off (the rows differ only in their numbers), no length limit in
+    the way."""
+    for name, data in {**sft, **preference}.items():
         path = Path("data/raw") / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
@@ -106,7 +107,7 @@ def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def test_pairs_with_an_input_split_as_prepare_splits_them(in_tmp: Path) -> None:
     """prepare's prompt is instruction + input: its id, so its split, is not the instruction's alone."""
-    params = raw_params({"sft.jsonl": jsonl(qa_rows()), "pref.jsonl": jsonl(pairs_with_input())}, ["sft.jsonl"], ["pref.jsonl"])
+    params = raw_params({"sft.jsonl": jsonl(qa_rows())}, {"pref.jsonl": jsonl(pairs_with_input())})
     texts = check_no_held_out_row(params)
     assert any("今天是第1" in text for text in texts)  # the input is part of what base learns
 
@@ -114,9 +115,8 @@ def test_pairs_with_an_input_split_as_prepare_splits_them(in_tmp: Path) -> None:
 def test_redacted_rows_split_as_prepare_splits_them_and_leave_no_pii(in_tmp: Path) -> None:
     """With redact_pii, prepare's id is the scrubbed row's; base pretrains on the scrubbed text too."""
     params = raw_params(
-        {"sft.jsonl": jsonl(qa_rows(pii=True)), "pref.jsonl": jsonl(pairs_with_input())},
-        ["sft.jsonl"],
-        ["pref.jsonl"],
+        {"sft.jsonl": jsonl(qa_rows(pii=True))},
+        {"pref.jsonl": jsonl(pairs_with_input())},
         redact_pii=True,
     )
     texts = check_no_held_out_row(params)
@@ -125,15 +125,16 @@ def test_redacted_rows_split_as_prepare_splits_them_and_leave_no_pii(in_tmp: Pat
 
 
 def test_alpaca_rows_are_read_and_split_as_prepare_does(in_tmp: Path) -> None:
-    params = raw_params({"alpaca.jsonl": jsonl(alpaca_rows()), "pref.jsonl": jsonl(pairs_with_input())}, ["alpaca.jsonl"], ["pref.jsonl"])
+    params = raw_params({"alpaca.jsonl": jsonl(alpaca_rows())}, {"pref.jsonl": jsonl(pairs_with_input())})
     check_no_held_out_row(params)
 
 
 def test_a_byte_order_mark_changes_nothing(in_tmp: Path) -> None:
-    files = {"sft.jsonl": b"\xef\xbb\xbf" + jsonl(qa_rows()), "pref.jsonl": b"\xef\xbb\xbf" + jsonl(pairs_with_input())}
-    texts = check_no_held_out_row(raw_params(files, ["sft.jsonl"], ["pref.jsonl"]))
-    plain = {"sft2.jsonl": jsonl(qa_rows()), "pref2.jsonl": jsonl(pairs_with_input())}
-    assert texts == pretrain_rows(raw_params(plain, ["sft2.jsonl"], ["pref2.jsonl"])).texts
+    bom = b"\xef\xbb\xbf"
+    params = raw_params({"sft.jsonl": bom + jsonl(qa_rows())}, {"pref.jsonl": bom + jsonl(pairs_with_input())})
+    texts = check_no_held_out_row(params)
+    plain = raw_params({"sft2.jsonl": jsonl(qa_rows())}, {"pref2.jsonl": jsonl(pairs_with_input())})
+    assert texts == pretrain_rows(plain).texts
 
 
 def with_bad_line() -> bytes:
@@ -142,7 +143,7 @@ def with_bad_line() -> bytes:
 
 
 def test_a_malformed_line_stops_base_with_prepares_error(in_tmp: Path) -> None:
-    params = raw_params({"sft.jsonl": with_bad_line(), "pref.jsonl": jsonl(pairs_with_input())}, ["sft.jsonl"], ["pref.jsonl"])
+    params = raw_params({"sft.jsonl": with_bad_line()}, {"pref.jsonl": jsonl(pairs_with_input())})
     with pytest.raises(DataError) as from_prepare:
         prepare.run_stage(params, hand_counter())
     with pytest.raises(DataError) as from_base:
@@ -153,9 +154,8 @@ def test_a_malformed_line_stops_base_with_prepares_error(in_tmp: Path) -> None:
 
 def test_a_malformed_line_is_one_reject_under_on_error_skip(in_tmp: Path) -> None:
     params = raw_params(
-        {"sft.jsonl": with_bad_line(), "pref.jsonl": jsonl(pairs_with_input())},
-        ["sft.jsonl"],
-        ["pref.jsonl"],
+        {"sft.jsonl": with_bad_line()},
+        {"pref.jsonl": jsonl(pairs_with_input())},
         on_error="skip",
     )
     check_no_held_out_row(params)
@@ -165,7 +165,7 @@ def test_a_malformed_line_is_one_reject_under_on_error_skip(in_tmp: Path) -> Non
 
 def test_the_stage_reports_a_malformed_line_in_one_line(in_tmp: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """`python -m stages.base` on the tiny model: exit code 2 and `file:line`, before any training, no traceback."""
-    raw_params({"sft.jsonl": with_bad_line(), "pref.jsonl": jsonl(pairs_with_input())}, ["sft.jsonl"], ["pref.jsonl"])
+    raw_params({"sft.jsonl": with_bad_line()}, {"pref.jsonl": jsonl(pairs_with_input())})
     write_params(
         in_tmp,
         base={"model": "tiny"},
