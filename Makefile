@@ -8,6 +8,10 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 LLAMA_CPP_VERSION := 0.3.36
+# torch is installed first and alone, the build this machine's index gives (CPU here, CUDA on a GPU box); every
+# other package comes from the lock files, hash-checked (tools/lock.py; `python -m tools.lock --check` keeps
+# this pin equal to requirements.txt's)
+TORCH_VERSION := 2.13.0
 SDIST_DIR := $(VENV)/sdist
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
@@ -18,7 +22,7 @@ PROFILE ?= profiles/qwen2.5-7b-guide.yaml
 EXPS_KEEP := Experiment|lr|sft\.method|sft\.lora\.r|dpo\.beta|.*eval\.loss|task\.(sft|dpo|gguf_q4_k_m)|quantization\..*ppl_ratio
 EXPS_ARGS ?=
 
-.PHONY: run real test test-all install install-test services lint report exps clean-venv
+.PHONY: run real test test-all install install-test services lint report exps lock clean-venv
 
 export PATH := $(abspath $(BIN)):$(PATH)
 
@@ -57,24 +61,37 @@ $(VENV)/bin/python:
 	  else echo "error: '$(PYTHON) -m venv' failed; install python3-venv (Debian) and retry" >&2; exit 1; fi; }
 	$(BIN)/python -m pip install -q --upgrade pip
 
-# torch first and alone, so that no other requirement can pull a (multi-GB) CUDA build on a CPU box.
-# The llama-cpp-python sdist is downloaded once: pip builds the runtime from it, and
+# torch first and alone (--no-deps: its dependencies are in the lock), so that no other requirement can pull a
+# (multi-GB) CUDA build on a CPU box; then everything else from requirements.lock, every file checked against its
+# sha256 (pip's hash-checking mode). CMAKE_ARGS is how llama-cpp-python's build takes options: GGML_NATIVE=OFF,
+# because the native build segfaults on quantized models on AMX CPUs (DESIGN.md); on a GPU box add
+# -DGGML_CUDA=on. The llama-cpp-python sdist is downloaded once: pip builds the runtime from it, and
 # ta/export/llama_cpp.py extracts llama.cpp's own GGUF converter from the same file.
 # The project itself (ta, stages, serve) is installed in editable mode, without dependencies.
-$(STAMP): requirements.txt pyproject.toml $(VENV)/bin/python
-	$(BIN)/pip install -q torch==2.13.0
+$(STAMP): requirements.lock pyproject.toml $(VENV)/bin/python
+	$(BIN)/pip install -q --no-deps torch==$(TORCH_VERSION)
 	@test -f $(SDIST_DIR)/llama_cpp_python-$(LLAMA_CPP_VERSION).tar.gz || \
 	  $(BIN)/pip download -q --no-deps --no-binary :all: -d $(SDIST_DIR) llama-cpp-python==$(LLAMA_CPP_VERSION)
-	$(BIN)/pip install -q -r requirements.txt --find-links $(SDIST_DIR)
+	CMAKE_ARGS="$${CMAKE_ARGS:--DGGML_NATIVE=OFF}" $(BIN)/pip install -q --require-hashes -r requirements.lock \
+	  --find-links $(SDIST_DIR)
 	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
 	$(BIN)/python -m ta.export.llama_cpp --sdist $(SDIST_DIR)/llama_cpp_python-$(LLAMA_CPP_VERSION).tar.gz
 	# DeepSpeed compiles its CPU shared-memory collective on first use (~1 min); build it once here
 	$(BIN)/python -c "from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder as B; B().load()"
 	touch $@
 
-$(TEST_STAMP): requirements-test.txt $(STAMP)
-	$(BIN)/pip install -q -r requirements-test.txt
+$(TEST_STAMP): requirements-test.lock $(STAMP)
+	$(BIN)/pip install -q --require-hashes -r requirements-test.lock
 	touch $@
+
+# Re-resolve the lock files after changing a pin in requirements*.txt (needs the package index), with pinned
+# pip-tools and uv in a throwaway venv; also rewrites libraries.yaml. LOCK_ARGS=--upgrade moves every
+# unpinned dependency to its newest release.
+LOCK_ARGS ?=
+lock:
+	$(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/pip install -q pip-tools==7.7.0 uv==0.13.9 pyyaml
+	PATH=$(abspath .venv-lock/bin):$$PATH .venv-lock/bin/python -m tools.lock $(LOCK_ARGS)
 
 report: $(TEST_STAMP)
 	$(BIN)/python -m tools.pr_report

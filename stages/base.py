@@ -21,7 +21,7 @@ import logging
 import sys
 from pathlib import Path
 
-from ta import paths
+from ta import libraries, paths
 from ta.config import load_params
 from ta.errors import report
 
@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
     def body() -> None:
+        libraries.check("base")  # the installed versions are the ones libraries.yaml records
         from ta.base_model import snapshot_base, snapshot_files
 
         params = load_params()

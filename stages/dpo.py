@@ -16,7 +16,7 @@ import argparse
 import logging
 import sys
 
-from ta import paths
+from ta import libraries, paths
 from ta.config import load_params
 from ta.errors import report
 from ta.train import launch
@@ -31,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     launch.setup_logging()
 
     def body() -> int:
+        libraries.check("dpo")  # the installed versions are the ones libraries.yaml records
         from ta.train import checkpoints, dpo
 
         params = load_params().dpo

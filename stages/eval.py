@@ -23,7 +23,7 @@ import os
 import sys
 import time
 
-from ta import paths
+from ta import libraries, paths
 from ta.config import load_params
 from ta.errors import report
 
@@ -36,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
 
     def body() -> None:
+        libraries.check("eval")  # the installed versions are the ones libraries.yaml records
         from ta.eval.evaluate import apply_gates, run
         from ta.eval.metrics import finite_or_null
 

@@ -17,7 +17,7 @@ import logging
 import sys
 from pathlib import Path
 
-from ta import paths
+from ta import libraries, paths
 from ta.config import load_params
 from ta.errors import report
 from ta.files import atomic_output, write_atomically
@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
     def body() -> None:
+        libraries.check("gguf")  # the installed versions are the ones libraries.yaml records
         from ta.export.gguf import check_parity, convert
 
         params = load_params().gguf

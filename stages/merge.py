@@ -16,7 +16,7 @@ import logging
 import sys
 from pathlib import Path
 
-from ta import paths
+from ta import libraries, paths
 from ta.config import MergeDtype, choices, load_project_params
 from ta.errors import report
 
@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
     def body() -> None:
+        libraries.check("merge")  # the installed versions are the ones libraries.yaml records
         from ta.base_model import BaseModelRef, read_base_ref
         from ta.export.merge import merge
 

@@ -25,7 +25,7 @@ import logging
 import sys
 from pathlib import Path
 
-from ta import paths
+from ta import libraries, paths
 from ta.config import SourceFormat, choices, load_params, load_project_params, validated
 from ta.errors import report
 
@@ -82,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
 
     def body() -> None:
+        if args.input is None:  # the DVC stage, not the guide's CLI on the user's own files
+            libraries.check("prepare")
         from ta.data.prepare import run_cli, run_stage
         from ta.data.stats import print_summary
         from ta.data.tokens import TokenizerCounter

@@ -18,7 +18,7 @@ import logging
 import sys
 from typing import Any
 
-from ta import paths
+from ta import libraries, paths
 from ta.config import load_params
 from ta.errors import MissingInputError, report
 from ta.files import atomic_output, write_atomically
@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
     def body() -> None:
+        libraries.check("quantize")  # the installed versions are the ones libraries.yaml records
         from ta.export.modelfile import write_modelfile
         from ta.export.quantize import check_types, quantize
 

@@ -20,6 +20,7 @@ import argparse
 import logging
 import sys
 
+from ta import libraries
 from ta.config import load_params
 from ta.errors import report
 
@@ -32,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("httpx2").setLevel(logging.WARNING)  # one line per request; the SDK's retries stay visible
 
     def body() -> None:
+        libraries.check("selfinstruct")  # the installed versions are the ones libraries.yaml records
         from ta.selfinstruct.run import print_summary, run_stage
 
         params = load_params()

@@ -17,7 +17,7 @@ import argparse
 import logging
 import sys
 
-from ta import paths
+from ta import libraries, paths
 from ta.config import load_params
 from ta.errors import report
 from ta.train import launch
@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     launch.setup_logging()
 
     def body() -> int:
+        libraries.check("sft")  # the installed versions are the ones libraries.yaml records
         from ta.base_model import read_base_ref
         from ta.train import checkpoints, sft
 

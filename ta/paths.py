@@ -9,6 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 PARAMS_FILE = Path("params.yaml")
+DVC_FILE = Path("dvc.yaml")
+LIBRARIES_FILE = Path("libraries.yaml")  # the library versions the stages are built with (ta/libraries.py)
 DEEPSPEED_CONFIG = Path("ds_config_zero2.json")
 
 # data

@@ -22,9 +22,16 @@ STAGES = DVC_YAML["stages"]
 PATHS = {name: PurePosixPath(value) for name, value in vars(paths).items() if isinstance(value, Path)}
 SHIPPED = load_params(REPO / "params.yaml")
 GGUF_FILES = {PurePosixPath(paths.gguf_file(kind)) for kind in [SHIPPED.gguf.outtype, *SHIPPED.quantize.types]}
-# The library's core, which every stage runs: loading params, spelling paths, reporting errors. A stage that
+# The library's core, which every stage runs: loading params, spelling paths, reporting errors, checking the library
+# versions (libraries.yaml, itself a params file of the stages). A stage that
 # listed them would rerun on every edit of an error message.
-CORE = {"ta", "ta.config", "ta.paths", "ta.errors"}
+CORE = {
+    "ta",
+    "ta.config",
+    "ta.paths",
+    "ta.errors",
+    "ta.libraries",
+}  # read params and check the setup; outputs never depend on them
 
 
 def entries(kind: str) -> list[tuple[str, PurePosixPath]]:
@@ -59,6 +66,17 @@ def test_every_path_of_ta_paths_is_in_dvc_yaml() -> None:
     for name, path in PATHS.items():
         if name == "PARAMS_FILE":  # DVC's own default for every stage's `params:`
             assert path == PurePosixPath("params.yaml") and all("params" in stage for stage in STAGES.values())
+            continue
+        if name == "DVC_FILE":  # the pipeline file itself
+            assert path == PurePosixPath("dvc.yaml")
+            continue
+        if name == "LIBRARIES_FILE":  # a params file: every stage but the pure-Python ones lists keys of it
+            listing = [
+                stage
+                for stage, spec in STAGES.items()
+                if any(str(path) in e for e in spec["params"] if isinstance(e, dict))
+            ]
+            assert len(listing) >= len(STAGES) - 1, listing
             continue
         assert any(within(path, entry) or within(entry, path) for entry in listed), f"ta.paths.{name}: {path}"
 
