@@ -378,6 +378,19 @@ class Eval:
 
 
 @dataclass
+class Harness:
+    artifacts: list[Literal["merged", "gguf_q4_k_m"]]
+    tasks: list[str]  # local (ta_pref) or lm-eval's own task names
+    limit: NonNegative  # 0 = every document
+    batch_size: Positive
+    precision: Precision
+
+    def check(self, where: str) -> None:
+        if not self.artifacts or not self.tasks:
+            raise ParamsError(f"{where}.{'artifacts' if not self.artifacts else 'tasks'}: empty; name at least one")
+
+
+@dataclass
 class Serve:
     host: str
     port: Annotated[int, Range(ge=1, le=65535)]
@@ -406,6 +419,7 @@ class Params:
     gguf: Gguf
     quantize: Quantize
     eval: Eval
+    harness: Harness
     serve: Serve
 
     def check(self, where: str) -> None:

@@ -57,6 +57,7 @@ EVAL_METRICS = METRICS_DIR / "eval.json"
 SAMPLES_MD = METRICS_DIR / "samples.md"
 SAMPLES_JSON = METRICS_DIR / "samples.json"
 EVAL_PLOTS_DIR = METRICS_DIR / "eval_plots"
+HARNESS_METRICS = METRICS_DIR / "harness.json"
 
 GGUF_STEM = "teachingassistant"
 

@@ -12,9 +12,7 @@ repository; every artifact under test in the full tier was produced by the pipel
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -83,6 +81,7 @@ REDUCED_PARAMS = {
     "dpo": {"max_steps": 4, "eval_steps": 2, "save_steps": 2, "logging_steps": 1},
     "gguf": {"parity_samples": 2, "parity_max_tokens": 64},
     "eval": {"max_samples": 4, "max_generations": 2, "max_new_tokens": 16},
+    "harness": {"limit": 4},
 }
 
 
@@ -162,22 +161,11 @@ def llama_server(q4_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
 
 
 @pytest.fixture(scope="session")
-def go_template(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, dict[str, Any]], str]:
-    """go_template(template, data): the text Go's own text/template renders (tools/gotemplate, built here with
-    Debian's Go; `.ci/services.sh` installs it). Without Go the tests fail: they do not skip."""
-    from tests.helpers import REPO
+def go_template() -> Callable[[str, dict[str, Any]], str]:
+    """go_template(template, data): the text Go's own text/template renders (ta/export/gorender.py builds
+    tools/gotemplate with Debian's Go; `.ci/services.sh` installs it). Without Go the tests fail: they do not skip."""
+    from ta.export import gorender
 
-    go = shutil.which("go")
-    if go is None:
+    if not gorender.available():
         pytest.fail("go not found: .ci/services.sh installs it (apt-get install -y golang-go)")
-    binary = tmp_path_factory.mktemp("gotemplate") / "gotemplate"
-    run([go, "build", "-o", str(binary), "."], cwd=REPO / "tools" / "gotemplate")
-
-    def render(template: str, data: dict[str, Any]) -> str:
-        request = json.dumps({"template": template, "data": data})
-        result = subprocess.run([binary], input=request, capture_output=True, text=True, timeout=60, check=False)
-        if result.returncode != 0:
-            raise ValueError(result.stderr.strip())
-        return result.stdout
-
-    return render
+    return gorender.render
