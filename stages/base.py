@@ -1,12 +1,14 @@
 """Stage `base`: resolve the base model and pin it.
 
-Reads  params `base`, `prepare.seed` and `prepare.eval_fraction`; data/raw/*.jsonl (tiny only);
-       the hub model or local directory named by `base.model`
+Reads  params `base`; for `tiny` only, prepare's sources (params `prepare`: sft_sources,
+       preference_sources, seed, eval_fraction and the row rules), read with prepare's own code
+       (ta/data/pretrain.py); the hub model or local directory named by `base.model`
 Writes models/base/: the configs and tokenizer files every later stage reads (chat template included),
        base.json — where the weights are and their pin — and the weights themselves unless they are on
        the hub (ta/base_model.py):
        - `tiny`: a Qwen2-architecture causal LM with a SentencePiece BPE tokenizer, both trained on the
-         raw rows that prepare puts in the *train* split (ta/train/tiny.py);
+         raw rows that prepare puts in the *train* split (ta/train/tiny.py); a malformed row stops it with
+         prepare's `file:line` error (or is skipped, as prepare.on_error says);
        - a local directory: copied, pinned by a digest of its files' contents;
        - a hub id: snapshot into the Hugging Face cache, pinned by the commit sha it resolved to.
 """
@@ -41,10 +43,12 @@ def main(argv: list[str] | None = None) -> int:
         for stale in snapshot_files(args.output):  # a snapshot of another model must not leave its files behind
             stale.unlink()
         if params.base.model == "tiny":
+            from ta.data.pretrain import pretrain_rows
             from ta.train.tiny import build_tiny
 
-            split = (params.prepare.seed, params.prepare.eval_fraction)
-            build_tiny(params.base.tiny, params.base.seed, paths.RAW_DIR, args.output, split)
+            rows = pretrain_rows(params.prepare)
+            log.info("%d of %d raw rows in the train split (%d rejected)", len(rows.texts), rows.rows_in, rows.rejected)
+            build_tiny(params.base.tiny, params.base.seed, rows, args.output)
             info: dict[str, object] = {"model": "tiny", "source": "tiny", "revision": None}
         else:
             info = snapshot_base(params.base.model, params.base.revision, args.output)

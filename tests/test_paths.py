@@ -108,3 +108,19 @@ def test_a_stage_runs_its_entry_point_and_depends_on_every_module_it_imports(sta
     }
     missing = sorted(str(p) for p in needed if not any(within(p, dep) for dep in deps))
     assert not missing, f"stage {stage} runs {missing} but dvc.yaml does not list them in its deps"
+
+
+@pytest.mark.parametrize(
+    ("stage", "sources"),
+    [
+        ("prepare", SHIPPED.prepare.sources("sft") + SHIPPED.prepare.sources("preference")),
+        ("base", SHIPPED.prepare.sources("sft") + SHIPPED.prepare.sources("preference")),
+        ("selfinstruct", SHIPPED.selfinstruct.sources()),
+    ],
+)
+def test_every_local_source_in_params_is_a_dep_of_the_stages_that_read_it(stage: str, sources: list) -> None:
+    """DVC reruns a stage only when a dep changes; ta.data.sources.check_tracked stops `dvc repro` on a source
+    outside the deps, and this keeps the shipped params clear of that."""
+    deps = [path for name, path in entries("deps") if name == stage]
+    local = [PurePosixPath(source.path) for source in sources if source.path]
+    assert local and all(any(within(path, dep) for dep in deps) for path in local)

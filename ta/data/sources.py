@@ -4,6 +4,7 @@ the format each one is in."""
 from __future__ import annotations
 
 import logging
+import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
@@ -40,16 +41,63 @@ class Source:
 
 def sources_from_params(params: Prepare) -> list[Source]:
     """The SFT and preference sources of params `prepare`, in that order (validated by the loader); a hub
-    dataset must name its revision (check_pinned), before any source is read."""
+    dataset must name its revision (check_pinned) and, under `dvc repro`, a local source must be a dep of the
+    stage (check_tracked), before any source is read."""
     sources = [
-        Source(config.path or config.hub, kind, config)
+        Source(portable_name(config.path) if config.path else config.hub, kind, config)
         for kind in ("sft", "preference")
         for config in params.sources(kind)
     ]
     for source in sources:
         if source.config.hub:
             check_pinned(source.config)
+    check_tracked(sources)
     return sources
+
+
+def portable_name(path: str) -> str:
+    """A source path as given, but relative to the working directory (the repository root under DVC) when
+    given as an absolute one: the name goes into metrics/prepare.json, which git tracks, and into every
+    prepared row, which must not change with the machine's checkout location."""
+    return os.path.relpath(path) if os.path.isabs(path) else path
+
+
+# dvc.yaml sits in the directory DVC runs a stage in (its wdir); DVC names that stage in DVC_STAGE
+STAGE_FILE = Path("dvc.yaml")
+
+
+def check_tracked(sources: list[Source]) -> None:
+    """Under `dvc repro`, every local file a source reads lies inside one of the running stage's deps in
+    dvc.yaml: DVC reruns a stage only when a dep changes, so a source it does not know of could change
+    without the stage rerunning. Outside DVC (tests, a plain `python -m stages.prepare`) there is no stage to
+    check against."""
+    stage = os.environ.get("DVC_STAGE", "").rsplit(":", 1)[-1]
+    if not stage or not STAGE_FILE.is_file():
+        return
+    import yaml
+
+    declared = (yaml.safe_load(STAGE_FILE.read_text(encoding="utf-8")) or {}).get("stages", {}).get(stage)
+    if not isinstance(declared, dict):
+        return
+    deps = [Path(os.path.abspath(dep)) for dep in declared.get("deps", []) if isinstance(dep, str)]
+    for source in sources:
+        for local in local_files(source.config):
+            path = Path(os.path.abspath(local))
+            if not any(path == dep or dep in path.parents for dep in deps):
+                raise PrepareError(
+                    f"{local}: source of stage {stage} that dvc.yaml does not list in its deps, so a change to it "
+                    f"would not rerun {stage}; move it under data/raw, or add `- {portable_name(local)}` to the "
+                    "deps of stages prepare and base in dvc.yaml"
+                )
+
+
+def local_files(config: PrepareSource) -> list[str]:
+    """The paths on this machine a source reads: its file, or a local `hub:` dataset's directory or data files."""
+    if config.path:
+        return [config.path]
+    if Path(config.hub).is_dir():
+        return [config.hub]
+    return [config.data_files] if config.data_files and Path(config.data_files).is_file() else []
 
 
 Chunk = LineBlock | list[RawRow]
@@ -91,7 +139,7 @@ def read_hub(config: PrepareSource) -> Iterator[Record]:
 def is_local(config: PrepareSource) -> bool:
     """A `hub:` source that is on this machine: a dataset directory, or a builder (json, parquet ...) over
     local data files. Nothing there to pin: DVC tracks local files itself."""
-    return Path(config.hub).is_dir() or bool(config.data_files and Path(config.data_files).is_file())
+    return bool(local_files(config))
 
 
 def check_pinned(config: PrepareSource) -> None:

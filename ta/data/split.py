@@ -4,9 +4,8 @@ A row's id is the SHA-1 of its content — each turn's text NFKC-normalised, cas
 whitespace collapsed, under its role — so rows that differ only in spacing or width are the same row.
 The split and the per-source sample are hashes of (seed, id): stable when rows are appended.
 
-This module is deliberately small and plain (no compiled code): the `base` stage depends on it alone,
-so prepare's fast paths (ta/data/normalise.py, checked equal to `normalise_plain`) can change without
-retraining the tiny model.
+This module is deliberately small and plain (no compiled code): the definition that prepare's fast paths
+(ta/data/normalise.py) are checked equal to.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """The embedded `tiny` base model: a SentencePiece tokenizer and a small Qwen2 model, trained here.
 
 Both are trained on the plain question/answer text of the raw rows that prepare puts in the *train* split
-(ta/data/split.py, so no held-out row is ever seen), plus freshly generated drill text (ta/data/drill.py,
-another seed). Pretraining teaches the vocabulary and some language; SFT then teaches the chat format.
+(ta/data/pretrain.py reads them with prepare's own code, so no held-out row is ever seen), plus freshly
+generated drill text (ta/data/drill.py, another seed).
+Pretraining teaches the vocabulary and some language; SFT then teaches the chat format.
 """
 
 from __future__ import annotations
@@ -17,39 +18,9 @@ from pathlib import Path
 from ta import chat
 from ta.config import TinyModel
 from ta.data import drill
-from ta.data.samples import Sample
-from ta.data.split import is_eval, sample_id
+from ta.data.pretrain import PretrainRows
 
 log = logging.getLogger("base")
-
-
-def raw_texts(raw_dir: Path) -> list[str]:
-    """Every string field of every shipped raw row, in file order."""
-    texts = []
-    for path in sorted(raw_dir.glob("*.jsonl")):
-        for line in path.read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                texts.extend(v for v in json.loads(line).values() if isinstance(v, str))
-    return texts
-
-
-def train_split_texts(raw_dir: Path, split_seed: int, eval_fraction: float) -> list[str]:
-    """ "question\nanswer" (or instruction + chosen answer) of each raw row prepare will keep out of eval."""
-    texts = []
-    for path in sorted(raw_dir.glob("*.jsonl")):
-        for line in path.read_text(encoding="utf-8").splitlines():
-            row = json.loads(line) if line.strip() else {}
-            if "question" in row:
-                prompt, answer = row["question"], row["answer"]
-                sample = Sample([{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}])
-            elif "instruction" in row:
-                prompt, answer = row["instruction"], row["chosen"]
-                sample = Sample([{"role": "user", "content": prompt}], chosen=answer, rejected=row["rejected"])
-            else:
-                continue
-            if not is_eval(split_seed, sample_id(sample), eval_fraction):
-                texts.append(f"{prompt}\n{answer}")
-    return texts
 
 
 def train_tokenizer(texts: list[str], out_dir: Path, vocab_size: int, seed: int) -> None:
@@ -142,12 +113,21 @@ def hf_tokenizer(sp_model_file: Path):
 
 
 def pretrain_texts(n_rows: int, seed: int, exclude: set[str]) -> list[str]:
-    """Drill text from a different seed than data/raw, without any question that data/raw holds."""
+    """Drill text from a different seed than data/raw, without any question in `exclude`."""
     rows = drill.sft_rows(n_rows + len(exclude), random.Random(seed))
     return [f"{r['question']}\n{r['answer']}" for r in rows if r["question"] not in exclude][:n_rows]
 
 
-def build_tiny(cfg: TinyModel, seed: int, raw_dir: Path, out_dir: Path, split: tuple[int, float]) -> None:
+def pretrain_corpus(cfg: TinyModel, seed: int, rows: PretrainRows) -> list[str]:
+    """The documents the tokenizer and the model are trained on, in training order: the raw rows' train-split
+    texts and about a quarter as much drill text that asks no question any raw row asks."""
+    drill_rows = cfg.pretrain_steps * cfg.pretrain_batch_size * cfg.pretrain_seq_len // 240
+    corpus = rows.texts + pretrain_texts(drill_rows, seed, exclude=rows.prompts)
+    random.Random(seed).shuffle(corpus)
+    return corpus
+
+
+def build_tiny(cfg: TinyModel, seed: int, rows: PretrainRows, out_dir: Path) -> None:
     import torch
     from transformers import (
         DataCollatorForLanguageModeling,
@@ -159,10 +139,7 @@ def build_tiny(cfg: TinyModel, seed: int, raw_dir: Path, out_dir: Path, split: t
         set_seed,
     )
 
-    texts = train_split_texts(raw_dir, *split)
-    drill_rows = cfg.pretrain_steps * cfg.pretrain_batch_size * cfg.pretrain_seq_len // 240  # a quarter drill
-    corpus = texts + pretrain_texts(drill_rows, seed, exclude=set(raw_texts(raw_dir)))
-    random.Random(seed).shuffle(corpus)
+    corpus = pretrain_corpus(cfg, seed, rows)
     train_tokenizer(corpus, out_dir, cfg.vocab_size, seed)
     tokenizer = hf_tokenizer(out_dir / "tokenizer.model")
 

@@ -176,3 +176,67 @@ def test_the_pinned_revision_is_in_the_metrics(tmp_path: Path, monkeypatch: pyte
     assert firefly_stage(tmp_path, source)["sources"]["YeungNLP/firefly"]["revision"] == SHA
     metrics = json.loads(Path("metrics/prepare.json").read_text(encoding="utf-8"))
     assert metrics["sources"]["YeungNLP/firefly"]["revision"] == SHA
+
+
+# ------------------------------------------------------------------ where sources are, and what DVC tracks
+
+
+def two_sources(directory: str) -> list[str]:
+    """An SFT and a preference file of 40 rows each (some of each held out) under `directory`."""
+    folder = Path(directory)
+    folder.mkdir(parents=True, exist_ok=True)
+    sft = [{"question": f"第{i}题：{i} 加 {i} 等于多少？", "answer": f"{i} 加 {i} 等于 {2 * i}。"} for i in range(40)]
+    pairs = [
+        {"instruction": f"第{i}题：{i} 乘 2 是多少？", "chosen": f"是 {2 * i}。", "rejected": "不知道。"}
+        for i in range(40)
+    ]
+    for name, rows in (("sft.jsonl", sft), ("pref.jsonl", pairs)):
+        (folder / name).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return [str(folder / "sft.jsonl"), str(folder / "pref.jsonl")]
+
+
+def stage_params(sft: str, pref: str):
+    return prepare_params(sft_sources=[sft], preference_sources=[pref], eval_fraction=0.25, near_dup_threshold=0.0)
+
+
+def test_an_absolute_source_path_is_recorded_relative_to_the_repository(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """metrics/prepare.json is git-tracked and the prepared rows are DVC outputs: neither may carry the
+    checkout's location."""
+    monkeypatch.chdir(tmp_path)
+    two_sources("data/raw")
+    params = stage_params(str(tmp_path / "data/raw/sft.jsonl"), str(tmp_path / "data/raw/pref.jsonl"))
+    prepare.run_stage(params, hand_counter())
+    metrics = Path("metrics/prepare.json").read_text(encoding="utf-8")
+    assert list(json.loads(metrics)["sources"]) == ["data/raw/sft.jsonl", "data/raw/pref.jsonl"]
+    assert str(tmp_path) not in metrics
+    rows = read_jsonl(Path("data/prepared/sft_train.jsonl")) + read_jsonl(Path("data/prepared/pref_eval.jsonl"))
+    assert rows and all(row["source"].startswith("data/raw/") for row in rows)
+
+
+def write_stage_file(*deps: str) -> None:
+    stages = {name: {"cmd": f"python -m stages.{name}", "deps": list(deps)} for name in ("base", "prepare")}
+    Path("dvc.yaml").write_text(json.dumps({"stages": stages}), encoding="utf-8")  # JSON is YAML
+
+
+@pytest.mark.parametrize("stage", ["prepare", "base"])
+def test_under_dvc_a_source_outside_the_stage_deps_stops_before_reading(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stage: str
+) -> None:
+    """DVC reruns prepare (and base) only when a dep changes: a source it does not track would go stale."""
+    from ta.data.pretrain import pretrain_rows
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DVC_STAGE", stage)
+    params = stage_params(*two_sources("extra"))
+    write_stage_file(f"stages/{stage}.py", "data/raw")
+    run = (lambda: prepare.run_stage(params, hand_counter())) if stage == "prepare" else lambda: pretrain_rows(params)
+    with pytest.raises(PrepareError, match=rf"^extra/sft\.jsonl: source of stage {stage} that dvc\.yaml does not list"):
+        run()
+    assert not Path("data/prepared").exists()
+    write_stage_file(f"stages/{stage}.py", "data/raw", "extra")  # listed: read
+    run()
+    monkeypatch.delenv("DVC_STAGE")  # outside DVC nothing to check against
+    write_stage_file()
+    run()

@@ -10,6 +10,7 @@ import pytest
 
 from ta import chat
 from ta.config import load_params
+from ta.data.pretrain import pretrain_rows
 from ta.models import load_tokenizer
 from ta.train import tiny
 from tests.helpers import REPO, read_jsonl
@@ -65,8 +66,9 @@ def test_unknown_characters_fall_back_to_bytes_not_unk(tiny_tokenizer_dir: Path)
     assert tokenizer.decode(ids) == "龘"
 
 
-def test_pretraining_text_never_contains_shipped_questions() -> None:
-    shipped = set(tiny.raw_texts(REPO / "data/raw"))
+def test_pretraining_text_never_contains_shipped_questions(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(REPO)
+    shipped = pretrain_rows(load_params().prepare).prompts
     corpus = tiny.pretrain_texts(300, seed=42, exclude=shipped)
     assert len(corpus) == 300
     assert not {text.split("\n", 1)[0] for text in corpus} & shipped
@@ -79,14 +81,14 @@ def turns(row: dict) -> tuple[str, str]:
     return row["prompt"][-1]["content"], row["chosen"][0]["content"]
 
 
-def test_the_pretraining_corpus_holds_no_row_prepare_held_out(reduced_repo: Path) -> None:
+def test_the_pretraining_corpus_holds_no_row_prepare_held_out(
+    reduced_repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The corpus base pretrains on, as build_tiny puts it together, against prepare's real split files: no
     held-out row (question and answer) is in it, and every row prepare trains on is."""
-    params = load_params(reduced_repo / "params.yaml")
-    raw, cfg = reduced_repo / "data/raw", params.base.tiny
-    texts = tiny.train_split_texts(raw, params.prepare.seed, params.prepare.eval_fraction)
-    drill_rows = cfg.pretrain_steps * cfg.pretrain_batch_size * cfg.pretrain_seq_len // 240
-    corpus = set(texts + tiny.pretrain_texts(drill_rows, params.base.seed, exclude=set(tiny.raw_texts(raw))))
+    monkeypatch.chdir(reduced_repo)
+    params = load_params()
+    corpus = set(tiny.pretrain_corpus(params.base.tiny, params.base.seed, pretrain_rows(params.prepare)))
     prepared = reduced_repo / "data/prepared"
     held_out = read_jsonl(prepared / "sft_eval.jsonl") + read_jsonl(prepared / "pref_eval.jsonl")
     trained = read_jsonl(prepared / "sft_train.jsonl") + read_jsonl(prepared / "pref_train.jsonl")
