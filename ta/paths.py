@@ -48,6 +48,7 @@ DPO_LIVE = Path("dvclive/dpo")
 # metrics and plot data
 METRICS_DIR = Path("metrics")
 PREPARE_METRICS = METRICS_DIR / "prepare.json"
+PREPARE_SOURCES = METRICS_DIR / "prepare_sources.json"  # per-source counts: tracked, not a metric (dvc exp show)
 SELFINSTRUCT_METRICS = METRICS_DIR / "selfinstruct.json"
 OPENINGS_PLOT = METRICS_DIR / "prepare_openings.csv"
 LENGTHS_PLOT = METRICS_DIR / "prepare_lengths.csv"

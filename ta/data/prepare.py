@@ -211,7 +211,12 @@ def run_stage(
         _write_lines(paths.PROCESSED_FILE, (guide for _, split, _, guide in kept if split.startswith("sft_")))
     summary = stats.summary(sources, formats)
     summary["splits"] = splits
-    write_atomically(paths.PREPARE_METRICS, json.dumps(summary, ensure_ascii=False, indent=2) + "\n")
+    # the totals are the metrics `dvc exp show` and `dvc metrics diff` compare; the per-source counts (a column
+    # per source and reason) go to their own tracked file, which is not a metric
+    totals = {key: value for key, value in summary.items() if key != "sources"}
+    write_atomically(paths.PREPARE_METRICS, json.dumps(totals, ensure_ascii=False, indent=2) + "\n")
+    per_source = {"sources": summary["sources"]}
+    write_atomically(paths.PREPARE_SOURCES, json.dumps(per_source, ensure_ascii=False, indent=2) + "\n")
     write_plot_data(summary, stats.lengths, paths.OPENINGS_PLOT, paths.LENGTHS_PLOT)
     return summary
 

@@ -313,6 +313,8 @@ def test_metrics_account_for_every_row_per_source(tmp_path: Path, monkeypatch: p
         f.write(qa("1+1", "2") + "\n")  # too short
     run_stage(params)
     metrics = json.loads(Path("metrics/prepare.json").read_text(encoding="utf-8"))
+    assert "sources" not in metrics  # not a metric: one column per source and reason in `dvc exp show`
+    metrics.update(json.loads(Path("metrics/prepare_sources.json").read_text(encoding="utf-8")))
     assert metrics["sources"]["data/raw/sft.jsonl"] == {
         "format": "qa",
         "rows_in": 41,

@@ -174,7 +174,7 @@ def test_the_pinned_revision_is_in_the_metrics(tmp_path: Path, monkeypatch: pyte
     (tmp_path / "YeungNLP/firefly/train.jsonl").write_bytes((FIXTURES / "firefly.jsonl").read_bytes())
     source = PrepareSource(hub="YeungNLP/firefly", format="alpaca", columns=FIREFLY_COLUMNS, revision=SHA)
     assert firefly_stage(tmp_path, source)["sources"]["YeungNLP/firefly"]["revision"] == SHA
-    metrics = json.loads(Path("metrics/prepare.json").read_text(encoding="utf-8"))
+    metrics = json.loads(Path("metrics/prepare_sources.json").read_text(encoding="utf-8"))
     assert metrics["sources"]["YeungNLP/firefly"]["revision"] == SHA
 
 
@@ -208,7 +208,7 @@ def test_an_absolute_source_path_is_recorded_relative_to_the_repository(
     two_sources("data/raw")
     params = stage_params(str(tmp_path / "data/raw/sft.jsonl"), str(tmp_path / "data/raw/pref.jsonl"))
     prepare.run_stage(params, hand_counter())
-    metrics = Path("metrics/prepare.json").read_text(encoding="utf-8")
+    metrics = Path("metrics/prepare_sources.json").read_text(encoding="utf-8")
     assert list(json.loads(metrics)["sources"]) == ["data/raw/sft.jsonl", "data/raw/pref.jsonl"]
     assert str(tmp_path) not in metrics
     rows = read_jsonl(Path("data/prepared/sft_train.jsonl")) + read_jsonl(Path("data/prepared/pref_eval.jsonl"))

@@ -221,7 +221,7 @@ def test_prepare_takes_exactly_the_accepted_and_edited_rows(
         f"{origin}: pending": {"rows_in": 2, "kept": 0},
         f"{origin}: rejected": {"rows_in": 1, "kept": 0},
     }
-    metrics = json.loads((tmp_path / "metrics/prepare.json").read_text("utf-8"))
+    metrics = json.loads((tmp_path / "metrics/prepare_sources.json").read_text("utf-8"))
     assert metrics["sources"]["data/selfinstruct/review.jsonl"]["provenance"] == source["provenance"]
 
 

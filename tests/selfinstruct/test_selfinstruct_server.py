@@ -356,7 +356,7 @@ def test_the_default_pipeline_ran_the_stage_off(pipeline_repo: Path) -> None:
     assert lock["selfinstruct"]["params"]["params.yaml"]["selfinstruct"]["enabled"] is False
     assert (pipeline_repo / paths.REVIEW_FILE).read_bytes() == b""
     assert json.loads((pipeline_repo / paths.SELFINSTRUCT_METRICS).read_text())["stopped_by"] == "disabled"
-    prepare = json.loads((pipeline_repo / paths.PREPARE_METRICS).read_text())
+    prepare = json.loads((pipeline_repo / paths.PREPARE_SOURCES).read_text())
     assert str(paths.REVIEW_FILE) not in prepare["sources"]
 
 
@@ -397,7 +397,7 @@ def test_generate_review_and_prepare_through_dvc(pipeline_repo: Path, proxy, tmp
         row["messages"][1]["content"] for row in prepared if row["source"].startswith(str(paths.REVIEW_FILE))
     )
     assert taken == sorted(r["instruction"] for r in reviewed if r["status"] == "accepted")
-    source = json.loads((repo / paths.PREPARE_METRICS).read_text())["sources"][str(paths.REVIEW_FILE)]
+    source = json.loads((repo / paths.PREPARE_SOURCES).read_text())["sources"][str(paths.REVIEW_FILE)]
     assert source["kept"] == 2 and source["rejected"] == {"review_pending": len(rows) - 3, "review_rejected": 1}
     origin = f"ta-lora @ {proxy.base_url}, templates {load_templates('zh', REPO / 'prompts/selfinstruct').digest}"
     assert source["provenance"][f"{origin}: accepted"] == {"rows_in": 2, "kept": 2}
