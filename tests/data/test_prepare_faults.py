@@ -19,6 +19,7 @@ OUTPUTS = [
     *(f"data/prepared/{n}.jsonl" for n in ("sft_train", "sft_eval", "pref_train", "pref_eval", "rejects")),
     "data/processed_data.jsonl",
     "metrics/prepare.json",
+    "metrics/prepare_sources.json",
     "metrics/prepare_openings.csv",
     "metrics/prepare_lengths.csv",
 ]
