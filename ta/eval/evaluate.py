@@ -355,11 +355,13 @@ def measure(params: Eval, held: HeldOut, tokenizer: Any, refusal_patterns: list[
 def write_outputs(
     report: dict[str, Any],
     interval_report: dict[str, Any],
+    verdicts: list[GateVerdict],
     results: dict[str, ArtifactResult],
     held: HeldOut,
     params: Eval,
 ) -> None:
     write_json(paths.EVAL_METRICS, report)
+    interval_report = {**interval_report, "gates": {f"eval.{v.gate}": v.status for v in verdicts}}
     write_json(paths.EVAL_INTERVALS, interval_report)
     for plot, rows in plot_rows(results).items():
         write_json(paths.EVAL_PLOTS_DIR / f"{plot}.json", rows)
@@ -399,8 +401,7 @@ def run(params: Eval, system_prompt: str, refusal_patterns: list[str]) -> tuple[
         report["judge_unscored"] = {name: unscored for name, (_, unscored) in judged.items()}
     interval_report = build_intervals(results, params)
     verdicts = gates.gate_verdicts(report, interval_report, params)
-    interval_report["gates"] = {f"eval.{v.gate}": v.status for v in verdicts}
-    write_outputs(report, interval_report, results, held, params)
+    write_outputs(report, interval_report, verdicts, results, held, params)
     return report, verdicts
 
 
