@@ -74,7 +74,7 @@ def task_drop_verdict(task_sft: float, task_dpo: float, intervals: Mapping, para
     found = comparison(intervals, "task.dpo_vs_sft")
     if found is None:
         return _verdict(gate, drop, limit, None, breach, None, params)
-    low, high, items = -found[1], -found[0], found[2]  # the interval of dpo - sft, turned into one of the drop
+    low, high, items = 0.0 - found[1], 0.0 - found[0], found[2]  # dpo - sft's interval as the drop's (no -0.0)
     shown = f"of the drop [{low:.4f}, {high:.4f}] over {items} questions"
     return _verdict(gate, drop, limit, low, breach, shown, params)  # the favourable end is the smaller drop
 

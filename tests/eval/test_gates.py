@@ -62,17 +62,16 @@ def test_gates_pass_inside_the_limits_whatever_the_interval() -> None:
 def test_a_breach_beyond_noise_fails() -> None:
     # q4_k_m 1.25x, and even the interval's low end 1.15x is past 1.10; dpo 0.30 below sft, and even the
     # smallest drop in its interval (dpo - sft at most -0.10) is past 0.05
-    verdicts = gates.gate_verdicts(
-        report(ratio=1.25, task=(0.50, 0.20)), intervals(ratio=(1.15, 1.35), task_difference=(-0.5, -0.1)), eval_params()
-    )
+    beyond_noise = intervals(ratio=(1.15, 1.35), task_difference=(-0.5, -0.1))
+    verdicts = gates.gate_verdicts(report(ratio=1.25, task=(0.50, 0.20)), beyond_noise, eval_params())
     assert [(v.status, v.fails) for v in verdicts] == [("breach beyond noise", True), ("breach beyond noise", True)]
     assert verdicts[0].message == (
         "gate eval.max_q4_k_m_vs_f16_ppl_ratio: q4_k_m perplexity is 1.250x the f16 one (allowed 1.100x); "
         "95% interval [1.150x, 1.350x] over 32 conversations: beyond noise"
     )
     assert verdicts[1].message == (
-        "gate eval.max_task_drop_dpo_vs_sft: task.dpo = 0.2000 is 0.3000 below task.sft = 0.5000 (allowed drop 0.0500); "
-        "95% interval of the drop [0.1000, 0.5000] over 8 questions: beyond noise"
+        "gate eval.max_task_drop_dpo_vs_sft: task.dpo = 0.2000 is 0.3000 below task.sft = 0.5000 "
+        "(allowed drop 0.0500); 95% interval of the drop [0.1000, 0.5000] over 8 questions: beyond noise"
     )
 
 
@@ -134,3 +133,13 @@ def test_a_gate_on_a_metric_that_is_not_finite_fails(bad: float) -> None:
     (verdict,) = gates.gate_verdicts(report(task=(0.5, bad)), {}, eval_params())
     assert verdict.message == f"gate eval.max_task_drop_dpo_vs_sft: task.dpo is {bad} (not a finite score)"
     assert verdict.fails
+
+
+def test_an_interval_of_the_drop_starting_at_zero_reads_as_zero() -> None:
+    # dpo - sft in [-0.0164, 0]: the drop's interval is [0, 0.0164], not [-0.0000, ...]
+    (verdict,) = gates.gate_verdicts(
+        report(task=(0.0507, 0.0432)),
+        intervals(task_difference=(-0.0164, 0.0)),
+        eval_params(max_task_drop_dpo_vs_sft=0.005),
+    )
+    assert "95% interval of the drop [0.0000, 0.0164] over 8 questions: within noise" in verdict.message
