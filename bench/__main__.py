@@ -36,7 +36,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--only", action="append", choices=BENCHMARKS, metavar="NAME", help="run NAME (repeatable)")
-    parser.add_argument("--repeat", type=int, default=3, help="rounds of every variant; medians are reported")
+    parser.add_argument("--repeat", type=int, help="rounds of every variant; medians are reported (default 3; smoke 1)")
     parser.add_argument("--smoke", action="store_true", help="minimal sizes (seconds): checks that it runs")
     parser.add_argument("--output", type=Path, help="the file whose sections are rewritten (default BENCHMARKS.md)")
     parser.add_argument(
@@ -47,8 +47,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--train-model", type=Path, help="train: model dir (default: a Qwen2.5-shaped one, built)")
     parser.add_argument("--train-steps", type=int, help="train: optimizer steps per run (default 20; smoke 2)")
     parser.add_argument("--max-new-tokens", type=int, help="runtime: tokens generated per prompt (default 64)")
-    parser.add_argument("--prompts", type=int, help="runtime: held-out questions per round (default 4)")
+    parser.add_argument("--prompts", type=int, help="runtime: held-out questions per round (default 8)")
+    parser.add_argument("--threads", type=int, help="runtime: llama.cpp and torch threads (default: every core)")
     args = parser.parse_args(argv)
+    args.repeat = args.repeat or (1 if args.smoke else 3)
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
     return args
@@ -58,11 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     typed = ["python", "-m", "bench", *(sys.argv[1:] if argv is None else argv)]
-    extra = {
-        key: value
-        for key, value in vars(args).items()
-        if key in ("rows", "compare", "train_model", "train_steps", "max_new_tokens", "prompts") and value is not None
-    }
+    own = ("rows", "compare", "train_model", "train_steps", "max_new_tokens", "prompts", "threads")
+    extra = {key: value for key, value in vars(args).items() if key in own and value is not None}
     options = Options(args.workspace.resolve(), args.repeat, args.smoke, shlex.join(typed), extra)
     output = args.output or (None if args.smoke else REPO / "BENCHMARKS.md")
     figures = {}

@@ -47,13 +47,17 @@ def ratio(a: float, b: float) -> float:
     return a / b if b else float("nan")
 
 
+def rotated(variants: Sequence[str], turn: int) -> list[str]:
+    """The variants in order, starting with the `turn`-th (modulo their number)."""
+    return [variants[(turn + i) % len(variants)] for i in range(len(variants))]
+
+
 def alternate(variants: Sequence[str], repeat: int, run_one: Callable[[str, int], Any]) -> dict[str, list[Any]]:
     """Run every variant once per round, `repeat` rounds, starting each round with the next variant, so a
     slow phase of a shared machine falls on each variant in turn rather than on one."""
     runs: dict[str, list[Any]] = {name: [] for name in variants}
     for round_ in range(repeat):
-        order = [variants[(round_ + i) % len(variants)] for i in range(len(variants))]
-        for name in order:
+        for name in rotated(variants, round_):
             runs[name].append(run_one(name, round_))
     return runs
 

@@ -5,9 +5,10 @@ Reads  <workspace>/models/gguf/teachingassistant-{q4_k_m,f16}.gguf, models/merge
 The same held-out questions (rendered with the merged model's chat template, tokenized once, so every
 runtime sees the same ids) are answered greedily, each with exactly max_new_tokens new tokens (end tokens do
 not stop it), by llama.cpp in process (llama_cpp.Llama, as ta/export/llama_cpp.py opens a GGUF; n_threads =
-cores) and by transformers' generate (fp32, torch threads = cores). Prompt processing is the prompt's tokens
-over the time to the first new token; generation is the remaining new tokens over the time after it.
-Every runtime is loaded once and warmed up by one untimed answer; the rounds alternate them.
+cores, or --threads) and by transformers' generate (fp32, as many torch threads). Prompt processing is the
+prompt's tokens over the time to the first new token; generation is the remaining new tokens over the time after it.
+Every runtime is loaded once and warmed up by one untimed answer; within a round they take turns prompt by
+prompt (so a slow phase of a shared machine falls on all of them), and each round's rates are reported.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.report import Options, Result, alternate, median, ratio, table
+from bench.report import Options, Result, median, ratio, rotated, table
 from ta import paths
 
 log = logging.getLogger("bench.runtime")
@@ -96,10 +97,11 @@ def run(options: Options) -> Result:
 
     from ta.models import load_tokenizer
 
-    workspace, threads = options.workspace, len(os.sched_getaffinity(0))
+    workspace = options.workspace
+    threads = options.extra.get("threads") or len(os.sched_getaffinity(0))
     new_tokens = options.extra.get("max_new_tokens") or (8 if options.smoke else 64)
     tokenizer = load_tokenizer(workspace / paths.MERGED_DIR)
-    prompts = held_out_prompts(workspace, tokenizer, options.extra.get("prompts") or (1 if options.smoke else 4))
+    prompts = held_out_prompts(workspace, tokenizer, options.extra.get("prompts") or (1 if options.smoke else 8))
     n_ctx = max(len(p) for p in prompts) + new_tokens + 8
     torch.set_num_threads(threads)
     files = {
@@ -114,19 +116,23 @@ def run(options: Options) -> Result:
         load_s[name] = time.perf_counter() - started
         answerers[name].answer(prompts[0], min(new_tokens, 8))  # warm-up, untimed
 
-    def one_round(name: str, round_: int) -> dict[str, float]:
-        timings = [answerers[name].answer(prompt, new_tokens) for prompt in prompts]
-        prompt_rate = sum(len(p) for p in prompts) / sum(t[0] for t in timings)
-        generation_rate = len(prompts) * (new_tokens - 1) / sum(t[1] for t in timings)
-        log.info("round %d %s: prompt %.0f tok/s, generation %.1f tok/s", round_, name, prompt_rate, generation_rate)
-        return {"prompt_tok_s": prompt_rate, "generation_tok_s": generation_rate}
-
-    runs = alternate(VARIANTS, options.repeat, one_round)
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in VARIANTS}
+    for round_ in range(options.repeat):
+        timings: dict[str, list[tuple[float, float]]] = {name: [] for name in VARIANTS}
+        for i, prompt in enumerate(prompts):  # the runtimes take turns prompt by prompt, each starting in turn
+            for name in rotated(VARIANTS, round_ + i):
+                timings[name].append(answerers[name].answer(prompt, new_tokens))
+        for name in VARIANTS:
+            prompt_rate = sum(len(p) for p in prompts) / sum(t[0] for t in timings[name])
+            generation_rate = len(prompts) * (new_tokens - 1) / sum(t[1] for t in timings[name])
+            first_ms = 1000 * sum(t[0] for t in timings[name]) / len(prompts)
+            runs[name].append({"first_token_ms": first_ms, "prompt_tok_s": prompt_rate, "generation_tok_s": generation_rate})
+            log.info("round %d %s: prompt %.0f, generation %.1f tok/s", round_, name, prompt_rate, generation_rate)
     for answerer in answerers.values():
         if isinstance(answerer, LlamaCppAnswerer):
             answerer.llm.close()
     medians = {
-        name: {key: median(r[key] for r in rounds) for key in ("prompt_tok_s", "generation_tok_s")}
+        name: {key: median(r[key] for r in rounds) for key in ("first_token_ms", "prompt_tok_s", "generation_tok_s")}
         for name, rounds in runs.items()
     }
     hf = medians["hf merged"]
@@ -135,6 +141,7 @@ def run(options: Options) -> Result:
             name,
             f"{_size_mib(files[name]):.2f}",
             f"{load_s[name]:.2f}",
+            f"{m['first_token_ms']:.1f}",
             f"**{m['prompt_tok_s']:,.0f}**",
             f"{ratio(m['prompt_tok_s'], hf['prompt_tok_s']):.2f}×",
             f"**{m['generation_tok_s']:,.1f}**",
@@ -146,12 +153,14 @@ def run(options: Options) -> Result:
     q4, f16 = medians["gguf q4_k_m"], medians["gguf f16"]
     markdown = (
         f"{len(prompts)} held-out questions ({sum(len(p) for p in prompts)} prompt tokens), {new_tokens} new "
-        f"tokens each, greedy, {threads} threads, {options.repeat} alternating rounds; medians of the rounds.\n\n"
+        f"tokens each, greedy, {threads} threads; the runtimes take turns prompt by prompt, {options.repeat} "
+        "rounds, medians of the rounds' rates.\n\n"
         + table(
             (
                 "runtime",
                 "size (MiB)",
                 "load (s)",
+                "first token (ms)",
                 "prompt tok/s",
                 "vs HF",
                 "generation tok/s",
