@@ -126,7 +126,8 @@ def run(options: Options) -> Result:
             prompt_rate = sum(len(p) for p in prompts) / sum(t[0] for t in timings[name])
             generation_rate = len(prompts) * (new_tokens - 1) / sum(t[1] for t in timings[name])
             first_ms = 1000 * sum(t[0] for t in timings[name]) / len(prompts)
-            runs[name].append({"first_token_ms": first_ms, "prompt_tok_s": prompt_rate, "generation_tok_s": generation_rate})
+            rates = {"first_token_ms": first_ms, "prompt_tok_s": prompt_rate, "generation_tok_s": generation_rate}
+            runs[name].append(rates)
             log.info("round %d %s: prompt %.0f, generation %.1f tok/s", round_, name, prompt_rate, generation_rate)
     for answerer in answerers.values():
         if isinstance(answerer, LlamaCppAnswerer):
