@@ -64,10 +64,10 @@ def run(options: Options) -> Result:
             no_op.append(timed_repro(clone, target)["total"])
             log.info("round %d: forced %.1f s, no-op %.1f s", round_, forced[-1]["total"], no_op[-1])
     stages = [name for name in forced[0] if name != "total"]
-    rows = [
-        (f"`{name}`", f"**{median(r.get(name, 0.0) for r in forced):.1f}**", ", ".join(f"{r[name]:.1f}" for r in forced))
-        for name in stages
-    ]
+    rows = []
+    for name in stages:
+        seconds = [r.get(name, 0.0) for r in forced]
+        rows.append((f"`{name}`", f"**{median(seconds):.1f}**", ", ".join(f"{s:.1f}" for s in seconds)))
     total = median(r["total"] for r in forced)
     rows.append(("**total**", f"**{total:.1f}**", ", ".join(f"{r['total']:.1f}" for r in forced)))
     rows.append(("no-op `dvc repro`", f"**{median(no_op):.1f}**", ", ".join(f"{s:.1f}" for s in no_op)))
