@@ -50,7 +50,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--prompts", type=int, help="runtime: held-out questions per round (default 8)")
     parser.add_argument("--threads", type=int, help="runtime: llama.cpp and torch threads (default: every core)")
     args = parser.parse_args(argv)
-    args.repeat = args.repeat or (1 if args.smoke else 3)
+    if args.repeat is None:
+        args.repeat = 1 if args.smoke else 3
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
     return args

@@ -32,6 +32,7 @@ def timed_repro(clone: Path, args: list[str]) -> dict[str, float]:
     """Run `dvc repro ARGS` in the clone; seconds per stage that ran, and "total"."""
     bin_dir = Path(sys.executable).parent  # the stages' `python` must be this venv's
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PYTHONUNBUFFERED": "1", "DVC_NO_ANALYTICS": "1"}
+    env.pop("PYTHONPATH", None)  # the clone's own code, not the checkout's that started the benchmark
     command = [str(bin_dir / "dvc"), "repro", *args]
     started = time.perf_counter()
     marks: list[tuple[str, float]] = []
