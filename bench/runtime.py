@@ -102,76 +102,30 @@ def run(options: Options) -> Result:
     new_tokens = options.extra.get("max_new_tokens") or (8 if options.smoke else 64)
     tokenizer = load_tokenizer(workspace / paths.MERGED_DIR)
     prompts = held_out_prompts(workspace, tokenizer, options.extra.get("prompts") or (1 if options.smoke else 8))
-    n_ctx = max(len(p) for p in prompts) + new_tokens + 8
     torch.set_num_threads(threads)
     files = {
         "gguf q4_k_m": workspace / paths.GGUF_DIR / f"{paths.GGUF_STEM}-q4_k_m.gguf",
         "gguf f16": workspace / paths.GGUF_DIR / f"{paths.GGUF_STEM}-f16.gguf",
         "hf merged": workspace / paths.MERGED_DIR,
     }
+    n_ctx = max(len(p) for p in prompts) + new_tokens + 8
     answerers, load_s = {}, {}
     for name, path in files.items():
         started = time.perf_counter()
         answerers[name] = HFAnswerer(path) if name == "hf merged" else LlamaCppAnswerer(path, n_ctx, threads)
         load_s[name] = time.perf_counter() - started
         answerers[name].answer(prompts[0], min(new_tokens, 8))  # warm-up, untimed
-
-    runs: dict[str, list[dict[str, float]]] = {name: [] for name in VARIANTS}
-    for round_ in range(options.repeat):
-        timings: dict[str, list[tuple[float, float]]] = {name: [] for name in VARIANTS}
-        for i, prompt in enumerate(prompts):  # the runtimes take turns prompt by prompt, each starting in turn
-            for name in rotated(VARIANTS, round_ + i):
-                timings[name].append(answerers[name].answer(prompt, new_tokens))
-        for name in VARIANTS:
-            prompt_rate = sum(len(p) for p in prompts) / sum(t[0] for t in timings[name])
-            generation_rate = len(prompts) * (new_tokens - 1) / sum(t[1] for t in timings[name])
-            first_ms = 1000 * sum(t[0] for t in timings[name]) / len(prompts)
-            rates = {"first_token_ms": first_ms, "prompt_tok_s": prompt_rate, "generation_tok_s": generation_rate}
-            runs[name].append(rates)
-            log.info("round %d %s: prompt %.0f, generation %.1f tok/s", round_, name, prompt_rate, generation_rate)
+    runs = [measure_round(answerers, prompts, new_tokens, round_) for round_ in range(options.repeat)]
     for answerer in answerers.values():
         if isinstance(answerer, LlamaCppAnswerer):
             answerer.llm.close()
-    medians = {
-        name: {key: median(r[key] for r in rounds) for key in ("first_token_ms", "prompt_tok_s", "generation_tok_s")}
-        for name, rounds in runs.items()
-    }
-    hf = medians["hf merged"]
-    rows = [
-        (
-            name,
-            f"{_size_mib(files[name]):.2f}",
-            f"{load_s[name]:.2f}",
-            f"{m['first_token_ms']:.1f}",
-            f"**{m['prompt_tok_s']:,.0f}**",
-            f"{ratio(m['prompt_tok_s'], hf['prompt_tok_s']):.2f}×",
-            f"**{m['generation_tok_s']:,.1f}**",
-            f"{ratio(m['generation_tok_s'], hf['generation_tok_s']):.2f}×",
-            ", ".join(f"{r['generation_tok_s']:.0f}" for r in runs[name]),
-        )
-        for name, m in medians.items()
-    ]
-    q4, f16 = medians["gguf q4_k_m"], medians["gguf f16"]
-    markdown = (
+    by_variant = {name: [r[name] for r in runs] for name in VARIANTS}
+    medians = {name: {key: median(r[key] for r in rounds) for key in RATES} for name, rounds in by_variant.items()}
+    sizes = {name: _size_mib(path) for name, path in files.items()}
+    intro = (
         f"{len(prompts)} held-out questions ({sum(len(p) for p in prompts)} prompt tokens), {new_tokens} new "
         f"tokens each, greedy, {threads} threads; the runtimes take turns prompt by prompt, {options.repeat} "
         "rounds, medians of the rounds' rates.\n\n"
-        + table(
-            (
-                "runtime",
-                "size (MiB)",
-                "load (s)",
-                "first token (ms)",
-                "prompt tok/s",
-                "vs HF",
-                "generation tok/s",
-                "vs HF",
-                "generation tok/s per round",
-            ),
-            rows,
-        )
-        + f"\nq4_k_m vs f16: prompt {ratio(q4['prompt_tok_s'], f16['prompt_tok_s']):.2f}×, generation "
-        f"{ratio(q4['generation_tok_s'], f16['generation_tok_s']):.2f}×.\n"
     )
     figures = {
         "prompts": len(prompts),
@@ -180,9 +134,66 @@ def run(options: Options) -> Result:
         "threads": threads,
         "load_s": load_s,
         "medians": medians,
-        "rounds": runs,
+        "rounds": by_variant,
     }
-    return Result(markdown, figures)
+    return Result(intro + markdown(medians, by_variant, sizes, load_s), figures)
+
+
+RATES = ("first_token_ms", "prompt_tok_s", "generation_tok_s")
+
+
+def measure_round(answerers: dict[str, Any], prompts: list[list[int]], new_tokens: int, round_: int) -> dict:
+    """Every runtime answers every prompt, taking turns prompt by prompt (each starting in turn, so a slow
+    phase of the machine falls on all of them); their rates over the round."""
+    timings: dict[str, list[tuple[float, float]]] = {name: [] for name in VARIANTS}
+    for i, prompt in enumerate(prompts):
+        for name in rotated(VARIANTS, round_ + i):
+            timings[name].append(answerers[name].answer(prompt, new_tokens))
+    rates = {}
+    for name, answers in timings.items():
+        first_s, rest_s = sum(t[0] for t in answers), sum(t[1] for t in answers)
+        rates[name] = {
+            "first_token_ms": 1000 * first_s / len(prompts),
+            "prompt_tok_s": sum(len(p) for p in prompts) / first_s,
+            "generation_tok_s": len(prompts) * (new_tokens - 1) / rest_s,
+        }
+        log.info("round %d %s: %s", round_, name, {k: round(v, 1) for k, v in rates[name].items()})
+    return rates
+
+
+def markdown(medians: dict, rounds: dict, sizes: dict[str, float], load_s: dict[str, float]) -> str:
+    hf = medians["hf merged"]
+    rows = [
+        (
+            name,
+            f"{sizes[name]:.2f}",
+            f"{load_s[name]:.2f}",
+            f"{m['first_token_ms']:.1f}",
+            f"**{m['prompt_tok_s']:,.0f}**",
+            f"{ratio(m['prompt_tok_s'], hf['prompt_tok_s']):.2f}×",
+            f"**{m['generation_tok_s']:,.1f}**",
+            f"{ratio(m['generation_tok_s'], hf['generation_tok_s']):.2f}×",
+            ", ".join(f"{r['generation_tok_s']:.0f}" for r in rounds[name]),
+        )
+        for name, m in medians.items()
+    ]
+    columns = (
+        "runtime",
+        "size (MiB)",
+        "load (s)",
+        "first token (ms)",
+        "prompt tok/s",
+        "vs HF",
+        "generation tok/s",
+        "vs HF",
+        "generation tok/s per round",
+    )
+    q4, f16 = medians["gguf q4_k_m"], medians["gguf f16"]
+    return (
+        table(columns, rows)
+        + f"\nq4_k_m vs f16: prompt {ratio(q4['prompt_tok_s'], f16['prompt_tok_s']):.2f}×, generation "
+        f"{ratio(q4['generation_tok_s'], f16['generation_tok_s']):.2f}×.\n"
+    )
 
 
 def _size_mib(path: Path) -> float:
