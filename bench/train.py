@@ -217,7 +217,10 @@ def run(options: Options) -> Result:
             options.repeat,
             lambda name, round_: train_once(name, Path(model_dir), params, project.lr, data, Path(tmp) / "out"),
         )
-    return report(runs, model_dir, params, steps, options)
+        shape = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))  # before tmp goes
+    built = not options.smoke and not options.extra.get("train_model")
+    name = "Qwen2.5-shaped (tools/qwen_shaped.py)" if built else str(model_dir)
+    return report(runs, name, shape, params, steps, options)
 
 
 def qwen_shaped(out: Path) -> Path:
@@ -226,7 +229,9 @@ def qwen_shaped(out: Path) -> Path:
     return qwen_shaped.build(out)
 
 
-def report(runs: dict[str, list[dict]], model_dir: Path, params: Any, steps: int, options: Options) -> Result:
+def report(
+    runs: dict[str, list[dict]], model_name: str, shape: dict, params: Any, steps: int, options: Options
+) -> Result:
     medians = {
         name: {key: median(r[key] for r in rounds) for key in ("useful_tok_s", "real_tok_s", "pad_share", "seconds")}
         for name, rounds in runs.items()
@@ -249,10 +254,9 @@ def report(runs: dict[str, list[dict]], model_dir: Path, params: Any, steps: int
             )
         )
     best = max(medians, key=lambda name: medians[name]["useful_tok_s"])
-    model = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
     markdown = (
-        f"Model: {model_dir.name if options.smoke else 'Qwen2.5-shaped (tools/qwen_shaped.py)'}, "
-        f"{model['num_hidden_layers']} layers, hidden {model['hidden_size']}, vocabulary {model['vocab_size']:,}; "
+        f"Model: {model_name}, {shape['num_hidden_layers']} layers, hidden {shape['hidden_size']}, "
+        f"vocabulary {shape['vocab_size']:,}; "
         f"LoRA r={params.lora.r} on {params.lora.target_modules}; {steps} timed steps of "
         f"{params.per_device_train_batch_size} (after one untimed), max length {params.max_seq_len}, lr from "
         f"params.yaml; {options.repeat} alternating rounds, medians. Most useful tokens/s: **{best}**.\n\n"
@@ -271,4 +275,4 @@ def report(runs: dict[str, list[dict]], model_dir: Path, params: Any, steps: int
             rows,
         )
     )
-    return Result(markdown, {"steps": steps, "model": str(model_dir), "medians": medians, "rounds": runs})
+    return Result(markdown, {"steps": steps, "model": model_name, "medians": medians, "rounds": runs})
