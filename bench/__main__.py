@@ -19,6 +19,7 @@ our SFT setup, its padding-free and packing knobs, and a plain TRL SFTTrainer).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import logging
@@ -68,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     figures = {}
     for name in args.only or BENCHMARKS:
         info = machine()
-        result = importlib.import_module(f"bench.{name}").run(options)
+        with contextlib.redirect_stdout(sys.stderr):  # the trainers print their logs: stdout stays the JSON
+            result = importlib.import_module(f"bench.{name}").run(options)
         figures[name] = {"machine": info, **result.figures}
         if output:
             rewrite_section(output, name, header(options, info) + "\n" + result.markdown)
