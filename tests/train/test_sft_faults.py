@@ -3,9 +3,9 @@ never part of one —, every DVCLive file reads back, and the next run finishes,
 checkpoint where there is one, with models/sft whole, checkpoints/sft empty and no temp file left.
 
 A first, undisturbed run gives the complete adapter and the stage's wall time; then the stage is killed at
-fractions of that time and the moment a checkpoint, DVCLive's params or models/sft is being written, first over
-the complete adapter, then from none. Each kill's run takes up what the kill before it left. Training on the CPU
-is deterministic, resumed or not, so every run that finishes writes the very same bytes.
+fractions of that time and at the moment a checkpoint or models/sft is being written or renamed into place, first
+over the complete adapter, then from none. Each kill's run takes up what the kill before it left. Training on the
+CPU is deterministic, resumed or not, so every run that finishes writes the very same adapter.
 """
 
 from __future__ import annotations
@@ -25,18 +25,47 @@ from ta.train import checkpoints
 from tests.helpers import repo_env, set_params
 
 RUN = {"max_steps": 4, "save_steps": 1, "eval_steps": 2, "logging_steps": 1}  # a checkpoint at every step
-# Where a file being written is watched for, to kill the stage at that moment: a directory and a glob in it.
-BEING_WRITTEN = {
-    "a checkpoint": ("checkpoints/sft", "checkpoint-*/*"),
-    "DVCLive's params": ("dvclive/sft", "params.yaml*"),
-    "models/sft": ("models", "sft*/*"),  # the adapter's temp dir, or models/sft itself were it written in place
+
+# The stage, killed by itself the first time it opens for writing (audit event "open") or renames (audit event
+# "os.rename", os.replace's too) a path matching a glob. An outside poll is too slow for this: the adapter is
+# written in milliseconds. The weights are written by safetensors' and torch's native code, which Python does
+# not audit: a model or checkpoint dir is cut after its weights, at its first config file.
+KILL_AT_EVENT = """
+import fnmatch, os, runpy, signal, sys
+
+event_name, pattern = sys.argv[1:3]
+del sys.argv[1:3]
+
+
+def kill_at(event, args):
+    if event != event_name or not isinstance(args[0], (str, bytes, os.PathLike)):
+        return
+    if event == "open" and not args[2] & (os.O_WRONLY | os.O_RDWR):
+        return
+    if fnmatch.fnmatch(os.path.relpath(os.fsdecode(args[0])), pattern):
+        os.killpg(0, signal.SIGKILL)
+
+
+sys.addaudithook(kill_at)
+runpy.run_module("stages.sft", run_name="__main__", alter_sys=True)
+"""
+EVENTS = {
+    "a checkpoint is written": ("open", "checkpoints/sft/checkpoint-*/*"),
+    "models/sft is written": ("open", "models/sft*/*"),  # its temp dir, or models/sft itself were it written in place
+    "models/sft is renamed into place": ("os.rename", "models/sft.tmp"),  # over the old one: after it moved aside
 }
-# The kills, in order: fractions of a whole run's wall time, or the moment something of BEING_WRITTEN is written.
-# Over the complete adapter, then from none (checkpoints and DVCLive do not depend on models/sft: killed there
-# once). "a checkpoint" comes first, while there is none: a run resumed from the last step writes no checkpoint.
+# The kills, in order: at fractions of a whole run's wall time, or at one of EVENTS. Over the complete adapter,
+# then from none; checkpoints do not depend on models/sft: killed there once.
 KILLS = {
-    "over the complete adapter": ("a checkpoint", 0.2, 0.5, 0.85, "DVCLive's params", "models/sft"),
-    "from none": (0.2, 0.5, 0.85, "models/sft"),
+    "over the complete adapter": (
+        "a checkpoint is written",
+        0.2,
+        0.5,
+        0.85,
+        "models/sft is written",
+        "models/sft is renamed into place",
+    ),
+    "from none": (0.2, 0.5, 0.85, "models/sft is written"),
 }
 
 
@@ -48,9 +77,11 @@ def model_files(work: Path) -> dict[str, bytes] | None:
     return {str(p.relative_to(model)): p.read_bytes() for p in sorted(model.rglob("*")) if p.is_file()}
 
 
-def start(work: Path) -> subprocess.Popen:
+def start(work: Path, *kill_at: str) -> subprocess.Popen:
+    """The stage; `kill_at`: an event and a glob, to kill it at (KILL_AT_EVENT)."""
+    command = ["-c", KILL_AT_EVENT, *kill_at] if kill_at else ["-m", "stages.sft"]
     return subprocess.Popen(
-        [sys.executable, "-m", "stages.sft"],
+        [sys.executable, *command],
         cwd=work,
         env=repo_env(),
         stdout=subprocess.DEVNULL,
@@ -62,33 +93,6 @@ def start(work: Path) -> subprocess.Popen:
 def kill(proc: subprocess.Popen) -> None:
     os.killpg(proc.pid, signal.SIGKILL)  # a run that already ended is a zombie until waited for: still there
     proc.wait()
-
-
-def kill_while_writing(work: Path, where: tuple[str, str], timeout: float) -> bool:
-    """Start the stage and kill it the moment a file matching `where` is new or changed; False when none was
-    seen before the stage ended."""
-    directory, pattern = work / where[0], where[1]
-
-    def mtimes() -> dict[Path, int]:
-        found = {}
-        for path in directory.glob(pattern):
-            try:
-                found[path] = path.stat().st_mtime_ns
-            except FileNotFoundError:  # removed since the glob saw it (a checkpoint rotated out)
-                continue
-        return found
-
-    before = mtimes()
-    proc = start(work)
-    deadline = time.monotonic() + timeout
-    while proc.poll() is None and time.monotonic() < deadline:
-        if any(before.get(path) != mtime for path, mtime in mtimes().items()):
-            kill(proc)
-            return True
-        time.sleep(0.001)
-    if proc.poll() is None:
-        kill(proc)
-    return False
 
 
 def finish(work: Path) -> str:
@@ -111,7 +115,8 @@ def assert_dvclive_reads_back(work: Path, when: str) -> None:
     if (live / "metrics.json").exists():
         assert isinstance(json.loads((live / "metrics.json").read_text(encoding="utf-8")), dict), when
     if (live / "params.yaml").exists():
-        assert "sft" in yaml.safe_load((live / "params.yaml").read_text(encoding="utf-8")), when
+        params = yaml.safe_load((live / "params.yaml").read_text(encoding="utf-8"))
+        assert isinstance(params, dict) and "sft" in params, when
     for tsv in live.rglob("*.tsv"):
         lines = tsv.read_text(encoding="utf-8").split("\n")
         if len(lines) < 2:  # cut inside the header: the next run writes the file afresh
@@ -178,8 +183,8 @@ def test_a_kill_at_any_point_leaves_models_sft_whole_or_absent(training_workspac
                 time.sleep(seconds * point)
                 kill(proc)
             else:
-                when = f"{phase}, after a kill while {point} was being written"
-                assert kill_while_writing(work, BEING_WRITTEN[point], timeout=seconds * 3), f"{when}: never seen"
+                when = f"{phase}, after a kill when {point}"
+                assert start(work, *EVENTS[point]).wait(timeout=900) == -signal.SIGKILL, f"{when}: never reached"
             # Absent is allowed over the complete adapter too: a kill between atomic_directory's two renames.
             assert model_files(work) in (complete, None), f"models/sft {when}"
             assert_dvclive_reads_back(work, when)
