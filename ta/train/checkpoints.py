@@ -4,7 +4,8 @@ Checkpoints go to a directory that dvc.yaml declares `persist: true`, so a kille
 for the next run to resume from; a finished run empties it so they never reach the DVC cache. `run.json`
 beside them records the params, input and code digests and library versions of the run that wrote them: a
 run with other params, data, code or libraries starts afresh instead of resuming someone else's optimizer
-state. A checkpoint whose weights are damaged is passed over for the one before it.
+state. A checkpoint whose weights are damaged is passed over for the one before it, and so is one saved where the
+run stopped (its last step, or early stopping's): transformers, resuming from it, trains one step past the end.
 """
 
 from __future__ import annotations
@@ -55,9 +56,20 @@ def damaged_file(checkpoint: Path) -> str | None:
     return None
 
 
+def stopped_there(checkpoint: Path) -> bool:
+    """The run stopped at this (complete) checkpoint: the Trainer saved it with `should_training_stop` set. Resumed
+    from it, transformers (5.x) trains a step before it checks that flag again: a step past `max_steps`, logged
+    and evaluated, or past early stopping's end."""
+    state = json.loads((checkpoint / COMPLETE_MARKER).read_text(encoding="utf-8"))
+    control = state.get("stateful_callbacks", {}).get("TrainerControl", {})
+    return bool(control.get("args", {}).get("should_training_stop"))
+
+
 def last_checkpoint(checkpoint_dir: Path) -> Path | None:
-    """The newest complete and undamaged `checkpoint-N` in `checkpoint_dir`, or None. A newer one whose
-    weights are damaged is passed over with a warning: resuming from it would end the run in a traceback."""
+    """The newest complete and undamaged `checkpoint-N` in `checkpoint_dir` where the run had not stopped, or
+    None. A newer one whose weights are damaged is passed over with a warning: resuming from it would end the
+    run in a traceback; one where the run stopped (killed while the model was saved) is passed over too: the
+    steps from the one before are trained again, to the same end."""
     if not checkpoint_dir.is_dir():
         return None
     complete = [
@@ -67,9 +79,12 @@ def last_checkpoint(checkpoint_dir: Path) -> Path | None:
     ]
     for path in sorted(complete, key=lambda path: int(path.name[len(CHECKPOINT_PREFIX) :]), reverse=True):
         damage = damaged_file(path)
-        if damage is None:
+        if damage is not None:
+            log.warning("%s: damaged (%s); not resuming from it, trying the one before", path, damage)
+        elif stopped_there(path):
+            log.info("%s: the run stopped there; resuming from the one before", path)
+        else:
             return path
-        log.warning("%s: damaged (%s); not resuming from it, trying the one before", path, damage)
     return None
 
 

@@ -7,7 +7,8 @@ dropped: the DVCLive dir is tracked by git and must be byte-identical when nothi
 
 Only rank 0 logs. A run resumed from a checkpoint opens the dir with `resume=True` (a fresh Live wipes
 it) after dropping the rows the killed run logged past that checkpoint, so the curves read as one run.
-The files a resumed run reads back (metrics.json, the plots it truncates) are written whole or not at all.
+The files a resumed run reads back (metrics.json, params.yaml, the plots it truncates) are written whole or
+not at all.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ta.files import write_atomically
+from ta.files import atomic_output, write_atomically
 from ta.train.launch import rank
 
 TIMING_KEYS = ("runtime", "per_second", "flos")
@@ -55,7 +56,10 @@ def dvclive_callbacks(live_dir: Path, params: dict[str, Any], resume_step: int |
     so dvcyaml=False. `resume_step`: the global step of the checkpoint the run resumes from."""
     if rank() != 0:
         return []
+    from dvclive.error import InvalidParameterTypeError
     from dvclive.plots import NumpyEncoder
+    from dvclive.serialize import dump_yaml
+    from ruamel.yaml.representer import RepresenterError
     from transformers.integrations import DVCLiveCallback
 
     from dvclive import Live
@@ -67,6 +71,15 @@ def dvclive_callbacks(live_dir: Path, params: dict[str, Any], resume_step: int |
             if self._step is not None:
                 self.summary["step"] = self.step
             write_atomically(Path(self.metrics_file), json.dumps(self.summary, indent=4, cls=NumpyEncoder) + "\n")
+
+        def _dump_params(self) -> None:
+            """DVCLive's own, but written whole: DVCLive rewrites params.yaml in place, so a run killed between the
+            open and the write left it empty and the resumed run, which reads it back, failed on it."""
+            try:
+                with atomic_output(Path(self.params_file)) as temp:
+                    dump_yaml(self._params, str(temp))
+            except RepresenterError as err:
+                raise InvalidParameterTypeError(err.args[0]) from err
 
     class StepAlignedDVCLive(DVCLiveCallback):
         def setup(self, args: Any, state: Any, model: Any) -> None:

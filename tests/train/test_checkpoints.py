@@ -5,6 +5,7 @@ other params or data are never resumed."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -101,6 +102,19 @@ def test_a_checkpoint_killed_while_its_trainer_state_was_written_is_not_resumed(
         (tmp_path / f"checkpoint-{step}").mkdir()
         (tmp_path / f"checkpoint-{step}" / checkpoints.COMPLETE_MARKER).write_text(text)
     assert checkpoints.last_checkpoint(tmp_path) == tmp_path / "checkpoint-2"
+
+
+def test_a_checkpoint_where_the_run_stopped_is_passed_over_for_the_one_before(tmp_path: Path) -> None:
+    # Saved at the last step (or early stopping's) with should_training_stop set: the run was killed while it
+    # saved the model. transformers, resuming from it, would train, log and evaluate a step past the end.
+    for step, stopped in ((2, False), (4, True)):
+        control = {"args": {"should_save": True, "should_training_stop": stopped}, "attributes": {}}
+        state = {"global_step": step, "max_steps": 4, "stateful_callbacks": {"TrainerControl": control}}
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        (tmp_path / f"checkpoint-{step}" / checkpoints.COMPLETE_MARKER).write_text(json.dumps(state))
+    assert checkpoints.last_checkpoint(tmp_path) == tmp_path / "checkpoint-2"
+    shutil.rmtree(tmp_path / "checkpoint-2")
+    assert checkpoints.last_checkpoint(tmp_path) is None  # none before it: the run starts afresh
 
 
 def test_checkpoints_of_other_params_or_data_are_cleared(tmp_path: Path) -> None:

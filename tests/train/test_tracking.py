@@ -90,6 +90,20 @@ def test_a_summary_write_that_dies_half_way_leaves_a_resumable_metrics_json(tmp_
     assert resumed.live.summary == {"loss": 1.5, "step": 2}
 
 
+def test_a_params_write_that_dies_half_way_leaves_a_resumable_params_yaml(tmp_path: Path) -> None:
+    """DVCLive rewrites params.yaml in place: a run killed between the open and the write left it empty, and the
+    resumed run, which reads it back, ended in a traceback."""
+    from dvclive.error import InvalidParameterTypeError
+
+    live_dir = tmp_path / "dvclive/sft"
+    (killed,) = tracking.dvclive_callbacks(live_dir, {"lr": 0.1})
+    with pytest.raises(InvalidParameterTypeError):  # the YAML representer fails on it, after the open
+        killed.live.log_params({"unserialisable": object()})
+    (resumed,) = tracking.dvclive_callbacks(live_dir, {"lr": 0.1}, resume_step=2)  # reads params.yaml back
+    assert yaml.safe_load((live_dir / "params.yaml").read_text(encoding="utf-8")) == {"lr": 0.1}
+    assert sorted(p.name for p in live_dir.iterdir()) == ["params.yaml"]  # no temp file left
+
+
 @pytest.mark.parametrize(
     "cut",
     ["5\t5.", "5\t", "5", "1", "\n5\t5.0"],
