@@ -21,7 +21,7 @@ import logging
 import sys
 from pathlib import Path
 
-from ta import libraries, paths
+from ta import libraries, paths, reproducibility
 from ta.config import load_params
 from ta.errors import report
 
@@ -36,9 +36,10 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> None:
         libraries.check("base")  # the installed versions are the ones libraries.yaml records
+        params = load_params()
+        reproducibility.apply(params.reproducibility)  # before torch loads
         from ta.base_model import snapshot_base, snapshot_files
 
-        params = load_params()
         args.output.mkdir(parents=True, exist_ok=True)
         for stale in snapshot_files(args.output):  # a snapshot of another model must not leave its files behind
             stale.unlink()

@@ -16,7 +16,7 @@ import argparse
 import logging
 import sys
 
-from ta import libraries, paths
+from ta import libraries, paths, reproducibility
 from ta.config import load_params
 from ta.errors import report
 from ta.train import launch
@@ -32,9 +32,11 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> int:
         libraries.check("dpo")  # the installed versions are the ones libraries.yaml records
+        everything = load_params()
+        reproducibility.apply(everything.reproducibility)  # before torch loads; the workers it launches inherit it
         from ta.train import checkpoints, dpo
 
-        params = load_params().dpo
+        params = everything.dpo
         if not launch.launched():
             dpo.check(params)
             checkpoints.prepare_resume(paths.DPO_CHECKPOINTS, dpo.fingerprint(params))

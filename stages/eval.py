@@ -23,7 +23,7 @@ import os
 import sys
 import time
 
-from ta import libraries, paths
+from ta import libraries, paths, reproducibility
 from ta.config import load_params
 from ta.errors import report
 
@@ -37,11 +37,12 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> None:
         libraries.check("eval")  # the installed versions are the ones libraries.yaml records
+        started = time.perf_counter()
+        params = load_params()
+        reproducibility.apply(params.reproducibility)  # before torch loads
         from ta.eval.evaluate import apply_gates, run
         from ta.eval.metrics import finite_or_null
 
-        started = time.perf_counter()
-        params = load_params()
         results = run(params.eval, params.prepare.system_prompt, params.prepare.refusal_patterns)
         apply_gates(results, params.eval)
         elapsed = time.perf_counter() - started

@@ -20,7 +20,7 @@ import os
 import sys
 import time
 
-from ta import libraries, paths
+from ta import libraries, paths, reproducibility
 from ta.config import load_params
 from ta.errors import report
 from ta.files import write_atomically
@@ -40,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
             write_atomically(paths.HARNESS_METRICS, "{}\n")
             log.info("harness.enabled is false: nothing measured (dvc exp run -S harness.enabled=true)")
             return
+        reproducibility.apply(params.reproducibility)  # before torch loads
         from ta.eval.harness import run
 
         started = time.perf_counter()

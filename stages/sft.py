@@ -17,7 +17,7 @@ import argparse
 import logging
 import sys
 
-from ta import libraries, paths
+from ta import libraries, paths, reproducibility
 from ta.config import load_params
 from ta.errors import report
 from ta.train import launch
@@ -33,10 +33,11 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> int:
         libraries.check("sft")  # the installed versions are the ones libraries.yaml records
+        params = load_params()
+        reproducibility.apply(params.reproducibility)  # before torch loads; the workers it launches inherit it
         from ta.base_model import read_base_ref
         from ta.train import checkpoints, sft
 
-        params = load_params()
         if not launch.launched():
             sft.check(params.sft, read_base_ref())
             checkpoints.prepare_resume(paths.SFT_CHECKPOINTS, sft.fingerprint(params.sft, params.lr))
