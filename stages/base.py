@@ -1,6 +1,6 @@
 """Stage `base`: resolve the base model and pin it.
 
-Reads  params `base`; for `tiny` only, prepare's sources (params `prepare`: sft_sources,
+Reads  params `reproducibility` and `base`; for `tiny` only, prepare's sources (params `prepare`: sft_sources,
        preference_sources, seed, eval_fraction and the row rules), read with prepare's own code
        (ta/data/pretrain.py); the hub model or local directory named by `base.model`
 Writes models/base/: the configs and tokenizer files every later stage reads (chat template included),

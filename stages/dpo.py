@@ -1,6 +1,6 @@
 """Stage `dpo`: Direct Preference Optimization on top of the SFT model (TRL DPOTrainer).
 
-Reads  params `dpo`; models/base; models/sft; data/prepared/pref_{train,eval}.jsonl;
+Reads  params `reproducibility` and `dpo`; models/base; models/sft; data/prepared/pref_{train,eval}.jsonl;
        ds_config_zero2.json when dpo.num_processes > 1
 Writes models/dpo/ (a LoRA adapter over the base: the SFT adapter, further trained; after `sft.method:
        full` the whole model), dvclive/dpo/ (loss, rewards chosen/rejected, margins, accuracies per step);

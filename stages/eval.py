@@ -3,7 +3,7 @@
 Reads   models/base, models/sft, models/dpo, models/merged (transformers + PEFT),
         models/gguf/teachingassistant-{f16,q4_k_m}.gguf (llama.cpp),
         data/prepared/sft_eval.jsonl, data/prepared/pref_eval.jsonl;
-        params: eval.*, prepare.system_prompt (sample prompts), prepare.refusal_patterns.
+        params: reproducibility.*, eval.*, prepare.system_prompt (sample prompts), prepare.refusal_patterns.
 Writes  metrics/eval.json          perplexity / task / preference_accuracy / refusal_rate .<artifact>,
                                    quantization.* (and judge.<artifact> when the judge is on)
         metrics/samples.md, .json  greedy answers of every artifact to eval.sample_prompts (the JSON also

@@ -1,6 +1,6 @@
 """Stage `gguf`: convert the merged model to GGUF with llama.cpp's own converter, then prove parity.
 
-Reads  params `gguf`; models/merged; data/prepared/sft_eval.jsonl (parity probes)
+Reads  params `reproducibility` and `gguf`; models/merged; data/prepared/sft_eval.jsonl (parity probes)
 Writes models/gguf/teachingassistant-<outtype>.gguf, metrics/gguf.json
 
 Two checks stop the stage before a broken file is shipped (the most common GGUF failure reports): the

@@ -3,7 +3,7 @@
 Reads   models/merged (lm-eval's hf backend),
         models/gguf/teachingassistant-q4_k_m.gguf (llama.cpp's OpenAI-compatible server, started on a free
         loopback port for the run), data/prepared/pref_eval.jsonl (the local task ta_pref);
-        params: harness.*, serve.lora_name, serve.max_model_len.
+        params: reproducibility.*, harness.*, serve.lora_name, serve.max_model_len.
 Writes  metrics/harness.json   <artifact> -> <task> -> {acc, acc_norm, ..., samples}; {} while
         `harness.enabled` is false (the default: it adds ~30 s to a run on 2 CPU cores)
 

@@ -1,6 +1,6 @@
 """Stage `merge`: fold the DPO adapter into the base weights (PEFT merge_and_unload).
 
-Reads  params `merge`; models/base; models/dpo
+Reads  params `reproducibility` and `merge`; models/base; models/dpo
 Writes models/merged/: safetensors weights, the tokenizer files and chat template, and a
        generation_config.json whose eos lists the chat end token (<|im_end|>) and the base eos, so that
        every runtime stops at the end of the assistant turn (ta/export/merge.py).

@@ -1,6 +1,6 @@
 """Stage `sft`: supervised fine-tuning, LoRA / QLoRA / full, on the assistant tokens (TRL SFTTrainer + PEFT).
 
-Reads  params `lr` (the learning rate) and `sft`; models/base; data/prepared/sft_{train,eval}.jsonl;
+Reads  params `reproducibility`, `lr` (the learning rate) and `sft`; models/base; data/prepared/sft_{train,eval}.jsonl;
        ds_config_zero2.json when sft.num_processes > 1
 Writes models/sft/ (the LoRA adapter + tokenizer; for `method: full` the whole model), dvclive/sft/
        (loss, eval loss, lr, grad norm per step); checkpoints/sft/ while it runs (empty once it finishes)
