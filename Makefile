@@ -22,7 +22,7 @@ PROFILE ?= profiles/qwen2.5-7b-guide.yaml
 EXPS_KEEP := Experiment|lr|sft\.method|sft\.lora\.r|dpo\.beta|.*eval\.loss|task\.(sft|dpo|gguf_q4_k_m)|quantization\..*ppl_ratio
 EXPS_ARGS ?=
 
-.PHONY: run real test test-all install install-test services lint report exps lock clean-venv
+.PHONY: run real test test-all install install-test services lint report exps bench lock clean-venv
 
 export PATH := $(abspath $(BIN)):$(PATH)
 
@@ -100,6 +100,12 @@ report: $(TEST_STAMP)
 # `dvc exp show` (--csv, --md, -A for every commit, --sort-by task.dpo).
 exps: $(STAMP)
 	dvc exp show --drop '.*' --keep '$(EXPS_KEEP)' $(EXPS_ARGS)
+
+# The benchmarks (bench/): each rewrites its section of BENCHMARKS.md; BENCH_ARGS passes options on to
+# `python -m bench` (--only runtime, --repeat 5, --workspace DIR). Never part of `make test`.
+BENCH_ARGS ?=
+bench: $(STAMP)
+	python -m bench $(BENCH_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

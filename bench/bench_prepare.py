@@ -8,6 +8,7 @@ clauses of the shipped data/raw text (so the tokenizer sees real words), with a 
 `python -m stages.prepare --input F --output OUT --max_length 2048 --on-error skip`, and reports rows/s
 end to end, the CPU time it used, and the peak memory of the whole process tree (the main process
 plus its workers, sampled from /proc). Prints one JSON object; timings never go into tracked files.
+`python -m bench --only prepare` runs the same measurement and writes its section of BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -142,6 +143,56 @@ def run_prepare(cwd: Path, raw: Path, out: Path, tokenizer: str, num_proc: int) 
     }
 
 
+def measure(
+    rows: int,
+    tokenizer: str,
+    num_proc: int = 2,
+    repeat: int = 1,
+    compare: Path | None = None,
+    keep: Path | None = None,
+    raw_dir: Path = Path("data/raw"),
+    this: Path | None = None,
+) -> dict[str, Any]:
+    """Generate the file, run prepare on it `repeat` times in this checkout (and in `compare`, alternately),
+    and report rows/s, CPU per row and peak memory (medians over the runs)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = keep or Path(tmp)
+        folder.mkdir(parents=True, exist_ok=True)
+        raw, out = folder / "firefly_bench.jsonl", folder / "processed.jsonl"
+        started = time.perf_counter()
+        generate(raw, rows, clause_pool(raw_dir))
+        generated = time.perf_counter() - started
+        checkouts = {"this": this or Path.cwd(), **({"compare": compare.resolve()} if compare else {})}
+        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in checkouts}
+        for _ in range(repeat):
+            for name, cwd in checkouts.items():
+                runs[name].append(run_prepare(cwd, raw, out, tokenizer, num_proc))
+        report: dict[str, Any] = {
+            "rows": rows,
+            "input_mib": round(raw.stat().st_size / 2**20, 1),
+            "generate_s": round(generated, 1),
+            "num_proc": num_proc,
+        }
+    for name, results in runs.items():
+        seconds = statistics.median(r["prepare_s"] for r in results)
+        cpu = statistics.median(r["cpu_s"] for r in results)
+        report[name] = {
+            "checkout": str(checkouts[name]),
+            "prepare_s": [round(r["prepare_s"], 1) for r in results],
+            "rows_per_s_median": round(rows / seconds),
+            "rows_per_s_best": round(rows / min(r["prepare_s"] for r in results)),
+            "cpu_us_per_row_median": round(cpu / rows * 1e6),
+            "peak_rss_sum_mib": round(max(r["peak_rss_sum_mib"] for r in results)),
+            "peak_pss_sum_mib": round(max(r["peak_pss_sum_mib"] for r in results)),
+            "summary": results[-1]["summary"],
+        }
+    if compare:
+        report["speedup_median"] = round(
+            report["this"]["rows_per_s_median"] / report["compare"]["rows_per_s_median"], 2
+        )
+    return report
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=1_100_000)
@@ -156,42 +207,8 @@ def main() -> None:
     )
     parser.add_argument("--keep", type=Path, help="write the files here instead of a temporary folder")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = args.keep or Path(tmp)
-        folder.mkdir(parents=True, exist_ok=True)
-        raw, out = folder / "firefly_bench.jsonl", folder / "processed.jsonl"
-        started = time.perf_counter()
-        generate(raw, args.rows, clause_pool(Path("data/raw")))
-        generated = time.perf_counter() - started
-        checkouts = {"this": Path.cwd(), **({"compare": args.compare.resolve()} if args.compare else {})}
-        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in checkouts}
-        for _ in range(args.repeat):
-            for name, cwd in checkouts.items():
-                runs[name].append(run_prepare(cwd, raw, out, args.tokenizer, args.num_proc))
-        report: dict[str, Any] = {
-            "rows": args.rows,
-            "input_mib": round(raw.stat().st_size / 2**20, 1),
-            "generate_s": round(generated, 1),
-            "num_proc": args.num_proc,
-        }
-        for name, results in runs.items():
-            seconds = statistics.median(r["prepare_s"] for r in results)
-            cpu = statistics.median(r["cpu_s"] for r in results)
-            report[name] = {
-                "checkout": str(checkouts[name]),
-                "prepare_s": [round(r["prepare_s"], 1) for r in results],
-                "rows_per_s_median": round(args.rows / seconds),
-                "rows_per_s_best": round(args.rows / min(r["prepare_s"] for r in results)),
-                "cpu_us_per_row_median": round(cpu / args.rows * 1e6),
-                "peak_rss_sum_mib": round(max(r["peak_rss_sum_mib"] for r in results)),
-                "peak_pss_sum_mib": round(max(r["peak_pss_sum_mib"] for r in results)),
-                "summary": results[-1]["summary"],
-            }
-        if args.compare:
-            report["speedup_median"] = round(
-                report["this"]["rows_per_s_median"] / report["compare"]["rows_per_s_median"], 2
-            )
-        print(json.dumps(report, ensure_ascii=False, indent=2))
+    report = measure(args.rows, args.tokenizer, args.num_proc, args.repeat, args.compare, args.keep)
+    print(json.dumps(report, ensure_ascii=False, indent=2))
 
 
 if __name__ == "__main__":

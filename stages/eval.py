@@ -6,12 +6,16 @@ Reads   models/base, models/sft, models/dpo, models/merged (transformers + PEFT)
         params: reproducibility.*, eval.*, prepare.system_prompt (sample prompts), prepare.refusal_patterns.
 Writes  metrics/eval.json          perplexity / task / preference_accuracy / refusal_rate .<artifact>,
                                    quantization.* (and judge.<artifact> when the judge is on)
+        metrics/eval_intervals.json  bootstrap intervals of those numbers, paired comparisons (sft vs base, dpo vs
+                                   sft, q4_k_m vs f16) and the gates' verdicts; tracked, not a metric
         metrics/samples.md, .json  greedy answers of every artifact to eval.sample_prompts (the JSON also
-                                   holds each held-out task question with every artifact's answer and score)
+                                   holds each held-out task question with every artifact's answer and score;
+                                   the Markdown opens with what the intervals say the evidence supports)
         metrics/eval_plots/        per-artifact bars for `dvc plots`
 
 Every runtime scores the same token ids (ta/eval/evaluate.py); metric definitions: ta/eval/metrics.py.
-A failed gate warns, or with `eval.gate_action: fail` ends the stage with exit code 1.
+A breached gate warns; with `eval.gate_action: fail` a breach beyond noise (any breach with
+`eval.gate_evidence: point`; ta/eval/gates.py) ends the stage with exit code 1.
 """
 
 from __future__ import annotations
@@ -43,10 +47,11 @@ def main(argv: list[str] | None = None) -> int:
         from ta.eval.evaluate import apply_gates, run
         from ta.eval.metrics import finite_or_null
 
-        results = run(params.eval, params.prepare.system_prompt, params.prepare.refusal_patterns)
-        apply_gates(results, params.eval)
+        results, verdicts = run(params.eval, params.prepare.system_prompt, params.prepare.refusal_patterns)
+        apply_gates(verdicts, params.eval)
         elapsed = time.perf_counter() - started
-        log.info("wrote %s, %s, %s in %.1f s", paths.EVAL_METRICS, paths.SAMPLES_MD, paths.SAMPLES_JSON, elapsed)
+        written = (paths.EVAL_METRICS, paths.EVAL_INTERVALS, paths.SAMPLES_MD, paths.SAMPLES_JSON)
+        log.info("wrote %s in %.1f s", ", ".join(map(str, written)), elapsed)
         print(json.dumps(finite_or_null(results), ensure_ascii=False, indent=2, allow_nan=False))
 
     return report("eval", body)

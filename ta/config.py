@@ -379,8 +379,13 @@ class Eval:
     attn_implementation: AttnImplementation
     sample_prompts: list[str]
     gate_action: Literal["warn", "fail"]
+    gate_evidence: Literal["interval", "point"]  # interval: a breach fails only beyond noise (ta/eval/gates.py)
     max_q4_k_m_vs_f16_ppl_ratio: PositiveFloat
     max_task_drop_dpo_vs_sft: Annotated[float, Range(ge=0)]
+    # fewer resamples make the interval's own ends noisy; more cost memory (resamples x held-out items)
+    bootstrap_samples: Annotated[int, Range(ge=100, le=100_000)]
+    bootstrap_seed: NonNegative  # numpy's generators take no negative seed
+    bootstrap_confidence: Annotated[float, Range(ge=0.5, lt=1)]
     judge_enabled: bool
     judge_base_url: str
     judge_model: str

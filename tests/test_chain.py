@@ -39,6 +39,7 @@ def test_each_stage_left_its_outputs(reduced_repo: Path) -> None:
         paths.gguf_file("q4_k_m"),
         paths.MODELFILE,
         paths.EVAL_METRICS,
+        paths.EVAL_INTERVALS,
         paths.SAMPLES_MD,
     ):
         assert (reduced_repo / path).is_file() and (reduced_repo / path).stat().st_size > 0, path

@@ -27,7 +27,7 @@ README = REPO / "README.md"
 README_ZH = REPO / "README.zh-CN.md"
 DOCS = sorted((REPO / "docs").glob("*.md"))
 PAGES = [README, README_ZH, *DOCS]
-OUR_PACKAGES = ("stages", "ta", "serve", "tools")
+OUR_PACKAGES = ("stages", "ta", "serve", "tools", "bench")
 
 # The datasets the guide recommends (sections 2.3 and 3.3) and the fixture written in each one's layout.
 GUIDE_DATASETS = {

@@ -21,7 +21,8 @@ from ta.base_model import read_base_ref
 from ta.config import Eval
 from ta.data.io import read_jsonl
 from ta.errors import EvalError, GateFailed, MissingInputError
-from ta.eval import judge, metrics
+from ta.eval import gates, intervals, judge, metrics
+from ta.eval.gates import GateVerdict
 from ta.eval.runtimes import (
     Encoded,
     HFRuntime,
@@ -135,6 +136,10 @@ class ArtifactResult:
     task_answers: list[str] = field(default_factory=list)
     task_scores: list[metrics.TaskScore] = field(default_factory=list)
     sample_answers: list[str] = field(default_factory=list)
+    # per held-out item, what the aggregates above are made of (the bootstrap intervals resample them)
+    nll_sums: list[float] = field(default_factory=list)  # per conversation: minus its summed token log-probs
+    token_counts: list[int] = field(default_factory=list)  # per conversation: tokens scored
+    preference_margins: list[float] = field(default_factory=list)  # per pair: length-normalised margin
 
 
 def select_task_items(rows: list[dict[str, Any]], n: int) -> list[TaskItem]:
@@ -179,7 +184,8 @@ def load_held_out(tokenizer: Any, params: Eval, system_prompt: str) -> HeldOut:
 def evaluate(
     runtime: Runtime, held: HeldOut, tokenizer: Any, params: Eval, stop_ids: set[int], refusal_patterns: list[str]
 ) -> ArtifactResult:
-    token_logprobs = [lp for logprobs in scored_logprobs(runtime, held.conversations) for lp in logprobs]
+    per_conversation = scored_logprobs(runtime, held.conversations)
+    token_logprobs = [lp for logprobs in per_conversation for lp in logprobs]
     chosen = scored_logprobs(runtime, [pair.chosen for pair in held.preferences])
     rejected = scored_logprobs(runtime, [pair.rejected for pair in held.preferences])
     margins = [metrics.length_normalized_margin(c, r) for c, r in zip(chosen, rejected, strict=True)]
@@ -199,17 +205,24 @@ def evaluate(
         task_answers=task_answers,
         task_scores=scores,
         sample_answers=sample_answers,
+        nll_sums=[-sum(logprobs) for logprobs in per_conversation],
+        token_counts=[len(logprobs) for logprobs in per_conversation],
+        preference_margins=margins,
     )
 
 
-def implicit_reward_accuracy(policy: list[tuple[float, float]], reference: list[tuple[float, float]]) -> float:
-    """DPO's implicit reward (vs the sft model as reference) ranks chosen above rejected. beta > 0 only
-    scales the margin, so the accuracy does not depend on it."""
-    margins = [
+def implicit_reward_margins(policy: list[tuple[float, float]], reference: list[tuple[float, float]]) -> list[float]:
+    """Per pair, DPO's implicit reward margin (vs the sft model as reference) at beta 1: beta > 0 only scales
+    the margin, so whether chosen ranks above rejected does not depend on it."""
+    return [
         metrics.implicit_reward_margin(pc, rc, pr, rr, beta=1.0)
         for (pc, pr), (rc, rr) in zip(policy, reference, strict=True)
     ]
-    return metrics.preference_accuracy(margins)
+
+
+def implicit_reward_accuracy(policy: list[tuple[float, float]], reference: list[tuple[float, float]]) -> float:
+    """Share of pairs whose DPO implicit reward ranks chosen above rejected."""
+    return metrics.preference_accuracy(implicit_reward_margins(policy, reference))
 
 
 def build_report(results: dict[str, ArtifactResult], sizes: dict[str, int]) -> dict[str, Any]:
@@ -236,6 +249,25 @@ def build_report(results: dict[str, ArtifactResult], sizes: dict[str, int]) -> d
     return report
 
 
+def build_intervals(results: dict[str, ArtifactResult], params: Eval) -> dict[str, Any]:
+    """metrics/eval_intervals.json: the bootstrap intervals of eval.json's numbers (ta/eval/intervals.py)."""
+    scores = {
+        name: intervals.HeldOutScores(
+            nll_sums=r.nll_sums,
+            token_counts=r.token_counts,
+            preference_correct=[margin > 0 for margin in r.preference_margins],
+            task_scores=[score.value for score in r.task_scores],
+        )
+        for name, r in results.items()
+    }
+    implicit = None
+    if "dpo" in results and "sft" in results:
+        margins = implicit_reward_margins(results["dpo"].preference_sums, results["sft"].preference_sums)
+        implicit = [margin > 0 for margin in margins]
+    settings = intervals.Bootstrap(params.bootstrap_samples, params.bootstrap_seed, params.bootstrap_confidence)
+    return intervals.build(scores, implicit, settings)
+
+
 def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 4)
 
@@ -256,13 +288,17 @@ def plot_rows(results: dict[str, ArtifactResult]) -> dict[str, list[dict[str, An
     }
 
 
-def samples_markdown(prompts: list[str], answers: dict[str, list[str]], max_new_tokens: int) -> str:
+def samples_markdown(
+    prompts: list[str], answers: dict[str, list[str]], max_new_tokens: int, evidence: list[str] | None = None
+) -> str:
     lines = [
         "# Generated samples",
         "",
         f"Greedy decoding, at most {max_new_tokens} new tokens, the same prompt token ids for every artifact.",
         "Written by `python -m stages.eval`; prompts are `eval.sample_prompts` in params.yaml.",
     ]
+    if evidence:
+        lines += ["", *evidence]
     for i, prompt in enumerate(prompts):
         lines += ["", f"## {i + 1}. {prompt}"]
         for name, texts in answers.items():
@@ -314,8 +350,17 @@ def measure(params: Eval, held: HeldOut, tokenizer: Any, refusal_patterns: list[
     return results
 
 
-def write_outputs(report: dict[str, Any], results: dict[str, ArtifactResult], held: HeldOut, params: Eval) -> None:
+def write_outputs(
+    report: dict[str, Any],
+    interval_report: dict[str, Any],
+    verdicts: list[GateVerdict],
+    results: dict[str, ArtifactResult],
+    held: HeldOut,
+    params: Eval,
+) -> None:
     write_json(paths.EVAL_METRICS, report)
+    interval_report = {**interval_report, "gates": {f"eval.{v.gate}": v.status for v in verdicts}}
+    write_json(paths.EVAL_INTERVALS, interval_report)
     for plot, rows in plot_rows(results).items():
         write_json(paths.EVAL_PLOTS_DIR / f"{plot}.json", rows)
     answers = {name: result.sample_answers for name, result in results.items()}
@@ -335,10 +380,13 @@ def write_outputs(report: dict[str, Any], results: dict[str, ArtifactResult], he
         for i, item in enumerate(held.tasks)
     ]
     write_json(paths.SAMPLES_JSON, {"max_new_tokens": params.max_new_tokens, "samples": samples, "task": questions})
-    write_atomically(paths.SAMPLES_MD, samples_markdown(held.sample_prompts, answers, params.max_new_tokens))
+    evidence = intervals.evidence_markdown(interval_report)
+    markdown = samples_markdown(held.sample_prompts, answers, params.max_new_tokens, evidence)
+    write_atomically(paths.SAMPLES_MD, markdown)
 
 
-def run(params: Eval, system_prompt: str, refusal_patterns: list[str]) -> dict[str, Any]:
+def run(params: Eval, system_prompt: str, refusal_patterns: list[str]) -> tuple[dict[str, Any], list[GateVerdict]]:
+    """Measure, write every output, and return eval.json's report and the gates' verdicts (for `apply_gates`)."""
     check_inputs(params)
     tokenizer = models.load_tokenizer(paths.BASE_DIR)
     held = load_held_out(tokenizer, params, system_prompt)
@@ -349,13 +397,18 @@ def run(params: Eval, system_prompt: str, refusal_patterns: list[str]) -> dict[s
         judged = {name: judge.judge_score(params, held.tasks, result.task_answers) for name, result in results.items()}
         report["judge"] = {name: _round(score) for name, (score, _) in judged.items()}
         report["judge_unscored"] = {name: unscored for name, (_, unscored) in judged.items()}
-    write_outputs(report, results, held, params)
-    return report
+    interval_report = build_intervals(results, params)
+    verdicts = gates.gate_verdicts(report, interval_report, params)
+    write_outputs(report, interval_report, verdicts, results, held, params)
+    return report, verdicts
 
 
-def apply_gates(report: dict[str, Any], params: Eval) -> None:
-    failures = metrics.gate_failures(report, params.max_q4_k_m_vs_f16_ppl_ratio, params.max_task_drop_dpo_vs_sft)
-    for failure in failures:
-        log.warning("%s", failure)
+def apply_gates(verdicts: list[GateVerdict], params: Eval) -> None:
+    """Warn about every gate not passed; with `eval.gate_action: fail`, stop on those that fail
+    (`eval.gate_evidence` decides which: ta/eval/gates.py)."""
+    for verdict in verdicts:
+        if verdict.status != "pass":
+            log.warning("%s", verdict.message)
+    failures = [verdict.message for verdict in verdicts if verdict.fails]
     if failures and params.gate_action == "fail":
         raise GateFailed(f"{len(failures)} eval gate(s) failed (eval.gate_action: fail): " + "; ".join(failures))

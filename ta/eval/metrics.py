@@ -9,8 +9,9 @@
   `task.<artifact>` is the mean over questions;
 - preference accuracy: share of pairs whose length-normalised log-prob margin (mean log-prob per response
   token, chosen minus rejected) is > 0; the DPO implicit-reward form compares against a reference model;
-- refusal rate: share of answers containing one of the refusal patterns (whitespace/case-insensitive);
-- gates: thresholds over those metrics, returned as messages for the stage to warn about or fail on.
+- refusal rate: share of answers containing one of the refusal patterns (whitespace/case-insensitive).
+
+How far the held-out data supports them is ta/eval/intervals.py; the gates over them are ta/eval/gates.py.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from __future__ import annotations
 import math
 import re
 import unicodedata
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -166,48 +167,6 @@ def refusal_rate(texts: Sequence[str], patterns: Sequence[str]) -> float:
     if not texts:
         raise ValueError("refusal rate of zero answers is undefined")
     return sum(is_refusal(t, patterns) for t in texts) / len(texts)
-
-
-def lookup(metrics: Mapping, key_path: str) -> float | None:
-    """`lookup(m, "task.dpo")` -> m["task"]["dpo"], or None where the path is absent."""
-    node: object = metrics
-    for part in key_path.split("."):
-        if not isinstance(node, Mapping) or part not in node:
-            return None
-        node = node[part]
-    return node if isinstance(node, (int, float)) else None
-
-
-def gate_failures(metrics: Mapping, max_q4_k_m_vs_f16_ppl_ratio: float, max_task_drop_dpo_vs_sft: float) -> list[str]:
-    """One message per gate the metrics break. A gate whose metrics were not measured (an artifact left
-    out of `eval.artifacts`) is skipped, not failed: it says nothing about the models. A metric that is NaN
-    or infinite fails its gate: every comparison with NaN is false, so it would otherwise pass."""
-    failures = []
-    ratio = lookup(metrics, "quantization.q4_k_m_vs_f16_ppl_ratio")
-    gate = "gate eval.max_q4_k_m_vs_f16_ppl_ratio"
-    if ratio is not None and not math.isfinite(ratio):
-        failures.append(f"{gate}: quantization.q4_k_m_vs_f16_ppl_ratio is {ratio} (a perplexity is not finite)")
-    elif ratio is not None and ratio > max_q4_k_m_vs_f16_ppl_ratio:
-        failures.append(
-            f"{gate}: q4_k_m perplexity is {ratio:.3f}x the f16 one (allowed {max_q4_k_m_vs_f16_ppl_ratio:.3f}x)"
-        )
-    task_sft, task_dpo = lookup(metrics, "task.sft"), lookup(metrics, "task.dpo")
-    gate = "gate eval.max_task_drop_dpo_vs_sft"
-    unusable = [
-        f"{key} is {value}" for key, value in (("task.sft", task_sft), ("task.dpo", task_dpo)) if not _usable(value)
-    ]
-    if task_sft is not None and task_dpo is not None and unusable:
-        failures.append(f"{gate}: {', '.join(unusable)} (not a finite score)")
-    elif task_sft is not None and task_dpo is not None and task_sft - task_dpo > max_task_drop_dpo_vs_sft:
-        failures.append(
-            f"{gate}: task.dpo = {task_dpo:.4f} is {task_sft - task_dpo:.4f} "
-            f"below task.sft = {task_sft:.4f} (allowed drop {max_task_drop_dpo_vs_sft:.4f})"
-        )
-    return failures
-
-
-def _usable(value: float | None) -> bool:
-    return value is None or math.isfinite(value)
 
 
 def finite_or_null(value: Any) -> Any:

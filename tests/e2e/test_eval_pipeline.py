@@ -78,6 +78,28 @@ def test_q4_k_m_costs_little_perplexity_measured_independently(pipeline_repo: Pa
     assert q4 / f16 == pytest.approx(report["quantization"]["q4_k_m_vs_f16_ppl_ratio"], abs=0.05)
 
 
+def test_every_number_has_an_interval_around_it_and_every_claim_a_verdict(pipeline_repo: Path, report: dict) -> None:
+    """metrics/eval_intervals.json on the real run: each artifact's perplexity, preference accuracy and task score
+    inside its own interval (as eval.json has it), the pipeline's comparisons paired and judged, and the statements
+    at the top of metrics/samples.md."""
+    found = json.loads((pipeline_repo / "metrics/eval_intervals.json").read_text(encoding="utf-8"))
+    for metric in ("perplexity", "preference_accuracy", "task"):
+        for name in ARTIFACTS:
+            entry = found["artifacts"][metric][name]
+            assert entry["value"] == pytest.approx(report[metric][name], abs=1e-4)  # summed in another order
+            assert entry["low"] <= entry["value"] <= entry["high"], (metric, name, entry)
+    comparisons = found["comparisons"]
+    assert set(comparisons["perplexity"]) == {"sft_vs_base", "gguf_q4_k_m_vs_gguf_f16"}
+    assert set(comparisons["preference_accuracy"]) == set(comparisons["task"]) == {"sft_vs_base", "dpo_vs_sft"}
+    q4 = comparisons["perplexity"]["gguf_q4_k_m_vs_gguf_f16"]
+    assert q4["value"] == pytest.approx(report["quantization"]["q4_k_m_vs_f16_ppl_ratio"], abs=1e-4)
+    assert q4["low"] <= q4["value"] <= q4["high"]
+    assert comparisons["perplexity"]["sft_vs_base"]["verdict"] == "lower"  # fine-tuning fits the held-out answers
+    assert set(found["gates"]) == {"eval.max_q4_k_m_vs_f16_ppl_ratio", "eval.max_task_drop_dpo_vs_sft"}
+    markdown = (pipeline_repo / "metrics/samples.md").read_text(encoding="utf-8")
+    assert "- sft vs base perplexity: ×" in markdown and "(22 pairs)" in markdown
+
+
 def test_samples_show_every_artifact_for_every_prompt(pipeline_repo: Path) -> None:
     samples = json.loads((pipeline_repo / "metrics/samples.json").read_text(encoding="utf-8"))
     markdown = (pipeline_repo / "metrics/samples.md").read_text(encoding="utf-8")

@@ -14,7 +14,7 @@ import pytest
 
 from ta.config import load_params
 from ta.errors import GateFailed
-from ta.eval import evaluate
+from ta.eval import evaluate, gates, metrics
 from tests.helpers import REPO, char_tokenizer, write_params
 
 ALPHABET = "systemuserassistant\nqab12+34=7答案：作为AI语言模型"
@@ -84,8 +84,14 @@ def test_evaluate_reports_hand_computed_metrics(tokenizer, tmp_path, monkeypatch
     # first two SFT rows (max_samples=2), 14 scored tokens: "12<|im_end|>" costs (1 + 2 + 1) ln 2;
     # "3+4=7\n答案：7<|im_end|>" costs 10 ln 10 + ln 2 -> perplexity = (2^5 * 10^10) ** (1/14)
     assert result.perplexity == pytest.approx((2**5 * 10**10) ** (1 / 14))
+    # the same per conversation, as the bootstrap resamples it: NLL sums and token counts
+    assert result.nll_sums == pytest.approx([4 * math.log(2), 10 * math.log(10) + math.log(2)])
+    assert result.token_counts == [3, 11]
     # pair 1: chosen "11" mean ln(1/2) beats rejected "22" mean (2+2+1)/3 ln(1/2); pair 2 loses -> 1/2
     assert result.preference_accuracy == 0.5
+    # per pair: chosen "11" -ln 2 per token against rejected "22" -5/3 ln 2 -> +2/3 ln 2; pair 2: "2" costs
+    # (2 + 1)/2 ln 2 per token, "1" costs ln 2 -> -1/2 ln 2
+    assert result.preference_margins == pytest.approx([2 / 3 * math.log(2), -0.5 * math.log(2)])
     # task rows alternate drill then open: "答案：7" is an exact match (1) and shares nothing with "12"
     # (ROUGE-L 0) -> task 1/2
     assert result.task == {"task": 0.5, "rouge_l": 0.0, "exact_match": 1.0}
@@ -93,7 +99,13 @@ def test_evaluate_reports_hand_computed_metrics(tokenizer, tmp_path, monkeypatch
     assert result.sample_answers == ["答案：7"]
     assert runtime.generate_calls == [(3, 5)]  # two task questions and one sample prompt, in one pass
 
-    evaluate.write_outputs({"perplexity": {"fake": 2.0}}, {"fake": result}, held, params)
+    interval_report = evaluate.build_intervals({"fake": result}, params)
+    evaluate.write_outputs({"perplexity": {"fake": 2.0}}, interval_report, [], {"fake": result}, held, params)
+    written = json.loads((tmp_path / "metrics/eval_intervals.json").read_text(encoding="utf-8"))
+    # one artifact: its own intervals, nothing to compare; the perplexity over both conversations as above
+    assert written["artifacts"]["perplexity"]["fake"]["value"] == round(result.perplexity, 4)
+    assert written["artifacts"]["preference_accuracy"]["fake"]["items"] == 2
+    assert written["comparisons"] == {} and written["gates"] == {}
     samples = json.loads((tmp_path / "metrics/samples.json").read_text(encoding="utf-8"))
     assert samples["samples"] == [{"prompt": "q", "answers": {"fake": "答案：7"}}]
     assert [q["answers"]["fake"] for q in samples["task"]] == [
@@ -153,11 +165,24 @@ def test_samples_markdown_quotes_every_answer():
 
 def test_gates_warn_by_default_and_fail_when_asked(caplog: pytest.LogCaptureFixture) -> None:
     report = {"task": {"sft": 0.5, "dpo": 0.3}, "quantization": {"q4_k_m_vs_f16_ppl_ratio": 1.0}}
-    evaluate.apply_gates(report, eval_params(gate_action="warn"))  # warn: logs, does not raise
+    beyond_noise = {"comparisons": {"task": {"dpo_vs_sft": {"low": -0.3, "high": -0.1, "items": 8}}}}
+    verdicts = gates.gate_verdicts(report, beyond_noise, eval_params())
+    evaluate.apply_gates(verdicts, eval_params(gate_action="warn"))  # warn: logs, does not raise
     assert "task.dpo = 0.3000 is 0.2000 below task.sft" in caplog.text
     with pytest.raises(GateFailed, match=r"^1 eval gate\(s\) failed \(eval.gate_action: fail\): gate eval.max_task"):
-        evaluate.apply_gates(report, eval_params(gate_action="fail"))
-    evaluate.apply_gates({"task": {"sft": 0.5, "dpo": 0.48}}, eval_params(gate_action="fail"))  # within limits
+        evaluate.apply_gates(verdicts, eval_params(gate_action="fail"))
+    within_limits = gates.gate_verdicts({"task": {"sft": 0.5, "dpo": 0.48}}, {}, eval_params())
+    evaluate.apply_gates(within_limits, eval_params(gate_action="fail"))
+
+
+def test_a_breach_within_noise_only_warns_even_when_gates_fail(caplog: pytest.LogCaptureFixture) -> None:
+    report = {"task": {"sft": 0.5, "dpo": 0.3}}
+    within_noise = {"comparisons": {"task": {"dpo_vs_sft": {"low": -0.5, "high": 0.1, "items": 8}}}}
+    evaluate.apply_gates(gates.gate_verdicts(report, within_noise, eval_params()), eval_params(gate_action="fail"))
+    assert "over 8 questions: within noise (a warning: eval.gate_evidence is interval)" in caplog.text
+    point = eval_params(gate_action="fail", gate_evidence="point")
+    with pytest.raises(GateFailed, match=r"over 8 questions: within noise$"):
+        evaluate.apply_gates(gates.gate_verdicts(report, within_noise, point), point)
 
 
 def test_main_names_the_missing_artifact_and_exits_2(
@@ -195,5 +220,69 @@ def test_a_nan_perplexity_is_null_in_eval_json_and_fails_its_gate(tmp_path: Path
     written = json.loads(Path("metrics/eval.json").read_text(encoding="utf-8"), parse_constant=refuse)
     assert written["perplexity"] == {"gguf_f16": 8.0, "gguf_q4_k_m": None}
     assert written["quantization"] == {"q4_k_m_vs_f16_ppl_ratio": None}
+    verdicts = gates.gate_verdicts(report, evaluate.build_intervals(results, eval_params()), eval_params())
     with pytest.raises(GateFailed, match=r"q4_k_m_vs_f16_ppl_ratio is nan \(a perplexity is not finite\)"):
-        evaluate.apply_gates(report, eval_params(gate_action="fail"))
+        evaluate.apply_gates(verdicts, eval_params(gate_action="fail"))
+
+
+def per_item_result(nll_sums: list[float], margins: list[float], task_scores: list[float]) -> evaluate.ArtifactResult:
+    """A result with its per-item values (10 tokens a conversation) and one sample answer."""
+    scores = [metrics.TaskScore("rouge_l", value) for value in task_scores]
+    return evaluate.ArtifactResult(
+        perplexity=math.exp(sum(nll_sums) / (10 * len(nll_sums))),
+        task=metrics.task_summary(scores),
+        preference_sums=[(-1.0, -2.0) if margin > 0 else (-2.0, -1.0) for margin in margins],
+        preference_accuracy=metrics.preference_accuracy(margins),
+        refusal_rate=0.0,
+        task_answers=["a"] * len(task_scores),
+        task_scores=scores,
+        sample_answers=["a"],
+        nll_sums=nll_sums,
+        token_counts=[10] * len(nll_sums),
+        preference_margins=margins,
+    )
+
+
+def test_the_intervals_file_is_strict_json_the_same_bytes_on_rerun_and_stated_in_samples_md(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    results = {
+        "sft": per_item_result([20.0, 30.0, 25.0], [1.0, -1.0, 1.0, 1.0], [0.5, 1.0]),
+        "dpo": per_item_result([20.0, 30.0, 25.0], [1.0, 1.0, 1.0, 1.0], [0.5, 0.0]),
+        "gguf_f16": per_item_result([20.0, 30.0, 25.0], [1.0, 1.0, 1.0, 1.0], [0.5, 0.0]),
+        "gguf_q4_k_m": per_item_result([20.0, math.nan, 25.0], [1.0, 1.0, 1.0, 1.0], [0.5, 0.0]),  # a NaN logit
+    }
+    held = evaluate.HeldOut([], [], [], [], sample_prompts=["q"], sample_prompt_ids=[[1]])
+    params = eval_params(gate_action="warn")
+    report = evaluate.build_report(results, {})
+
+    def write() -> bytes:
+        interval_report = evaluate.build_intervals(results, params)
+        verdicts = gates.gate_verdicts(report, interval_report, params)
+        evaluate.write_outputs(report, interval_report, verdicts, results, held, params)
+        return Path("metrics/eval_intervals.json").read_bytes()
+
+    first = write()
+    assert write() == first
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"{constant} in metrics/eval_intervals.json")
+
+    written = json.loads(first, parse_constant=refuse)
+    assert written["artifacts"]["perplexity"]["gguf_q4_k_m"]["value"] is None
+    q4 = written["comparisons"]["perplexity"]["gguf_q4_k_m_vs_gguf_f16"]
+    assert (q4["value"], q4["low"], q4["high"], q4["verdict"]) == (None, None, None, "not finite")
+    # every pair right for dpo against 3 of 4 for sft: +0.25, one pair decides it: within noise
+    assert written["comparisons"]["preference_accuracy"]["dpo_vs_sft"]["value"] == 0.25
+    assert written["artifacts"]["preference_accuracy"]["dpo_implicit_reward"]["items"] == 4
+    assert written["gates"] == {
+        "eval.max_q4_k_m_vs_f16_ppl_ratio": "not finite",
+        "eval.max_task_drop_dpo_vs_sft": "breach within noise",  # 0.75 -> 0.25 on two questions
+    }
+    markdown = Path("metrics/samples.md").read_text(encoding="utf-8")
+    assert "\n## What the evidence supports\n" in markdown
+    assert "- dpo vs sft preference accuracy: +0.2500 [" in markdown and "(4 pairs): within noise" in markdown
+    assert "- gguf_q4_k_m vs gguf_f16 perplexity: ×n/a [n/a, n/a] (3 conversations): not finite" in markdown
+    assert "- gate eval.max_task_drop_dpo_vs_sft: breach within noise" in markdown
+    assert markdown.index("## What the evidence supports") < markdown.index("## 1. q")

@@ -136,41 +136,6 @@ def test_refusal_rate_ignores_empty_patterns():
     assert metrics.refusal_rate(["任何回答"], [""]) == 0.0
 
 
-def test_lookup_reads_nested_key_paths():
-    m = {"task": {"dpo": 0.4}, "quantization": {"q4_k_m_vs_f16_ppl_ratio": 1.02}}
-    assert metrics.lookup(m, "task.dpo") == 0.4
-    assert metrics.lookup(m, "task.sft") is None
-    assert metrics.lookup(m, "task") is None  # a section is not a value
-
-
-def test_gates_pass_inside_the_limits():
-    m = {"task": {"sft": 0.50, "dpo": 0.46}, "quantization": {"q4_k_m_vs_f16_ppl_ratio": 1.10}}
-    assert metrics.gate_failures(m, max_q4_k_m_vs_f16_ppl_ratio=1.10, max_task_drop_dpo_vs_sft=0.05) == []
-
-
-def test_gates_report_each_broken_limit():
-    m = {"task": {"sft": 0.50, "dpo": 0.40}, "quantization": {"q4_k_m_vs_f16_ppl_ratio": 1.25}}
-    failures = metrics.gate_failures(m, max_q4_k_m_vs_f16_ppl_ratio=1.10, max_task_drop_dpo_vs_sft=0.05)
-    assert len(failures) == 2
-    assert "1.250x" in failures[0] and "max_q4_k_m_vs_f16_ppl_ratio" in failures[0]
-    assert "0.1000 below" in failures[1]
-
-
-def test_gates_skip_metrics_that_were_not_measured():
-    m = {"task": {"sft": 0.5}}
-    assert metrics.gate_failures(m, max_q4_k_m_vs_f16_ppl_ratio=1.0, max_task_drop_dpo_vs_sft=0.0) == []
-
-
-@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
-def test_a_gate_on_a_metric_that_is_not_finite_fails(bad: float) -> None:
-    ratio = {"quantization": {"q4_k_m_vs_f16_ppl_ratio": bad}}
-    (failure,) = metrics.gate_failures(ratio, max_q4_k_m_vs_f16_ppl_ratio=1.1, max_task_drop_dpo_vs_sft=0.05)
-    assert failure.startswith("gate eval.max_q4_k_m_vs_f16_ppl_ratio: quantization.q4_k_m_vs_f16_ppl_ratio is ")
-    task = {"task": {"sft": 0.5, "dpo": bad}}
-    (failure,) = metrics.gate_failures(task, max_q4_k_m_vs_f16_ppl_ratio=1.1, max_task_drop_dpo_vs_sft=0.05)
-    assert failure == f"gate eval.max_task_drop_dpo_vs_sft: task.dpo is {bad} (not a finite score)"
-
-
 def test_perplexity_past_float_range_is_infinite() -> None:
     assert metrics.perplexity([-1000.0, -1000.0]) == math.inf
 
