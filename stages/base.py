@@ -1,6 +1,6 @@
 """Stage `base`: resolve the base model and pin it.
 
-Reads  params `base`; for `tiny` only, prepare's sources (params `prepare`: sft_sources,
+Reads  params `reproducibility` and `base`; for `tiny` only, prepare's sources (params `prepare`: sft_sources,
        preference_sources, seed, eval_fraction and the row rules), read with prepare's own code
        (ta/data/pretrain.py); the hub model or local directory named by `base.model`
 Writes models/base/: the configs and tokenizer files every later stage reads (chat template included),
@@ -21,7 +21,7 @@ import logging
 import sys
 from pathlib import Path
 
-from ta import libraries, paths
+from ta import libraries, paths, reproducibility
 from ta.config import load_params
 from ta.errors import report
 
@@ -36,9 +36,10 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> None:
         libraries.check("base")  # the installed versions are the ones libraries.yaml records
+        params = load_params()
+        reproducibility.apply(params.reproducibility)  # before torch loads
         from ta.base_model import snapshot_base, snapshot_files
 
-        params = load_params()
         args.output.mkdir(parents=True, exist_ok=True)
         for stale in snapshot_files(args.output):  # a snapshot of another model must not leave its files behind
             stale.unlink()

@@ -1,6 +1,6 @@
 """Stage `dpo`: Direct Preference Optimization on top of the SFT model (TRL DPOTrainer).
 
-Reads  params `dpo`; models/base; models/sft; data/prepared/pref_{train,eval}.jsonl;
+Reads  params `reproducibility` and `dpo`; models/base; models/sft; data/prepared/pref_{train,eval}.jsonl;
        ds_config_zero2.json when dpo.num_processes > 1
 Writes models/dpo/ (a LoRA adapter over the base: the SFT adapter, further trained; after `sft.method:
        full` the whole model), dvclive/dpo/ (loss, rewards chosen/rejected, margins, accuracies per step);
@@ -16,7 +16,7 @@ import argparse
 import logging
 import sys
 
-from ta import libraries, paths
+from ta import libraries, paths, reproducibility
 from ta.config import load_params
 from ta.errors import report
 from ta.train import launch
@@ -32,9 +32,11 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> int:
         libraries.check("dpo")  # the installed versions are the ones libraries.yaml records
+        everything = load_params()
+        reproducibility.apply(everything.reproducibility)  # before torch loads; the workers it launches inherit it
         from ta.train import checkpoints, dpo
 
-        params = load_params().dpo
+        params = everything.dpo
         if not launch.launched():
             dpo.check(params)
             checkpoints.prepare_resume(paths.DPO_CHECKPOINTS, dpo.fingerprint(params))

@@ -3,7 +3,7 @@
 Reads   models/base, models/sft, models/dpo, models/merged (transformers + PEFT),
         models/gguf/teachingassistant-{f16,q4_k_m}.gguf (llama.cpp),
         data/prepared/sft_eval.jsonl, data/prepared/pref_eval.jsonl;
-        params: eval.*, prepare.system_prompt (sample prompts), prepare.refusal_patterns.
+        params: reproducibility.*, eval.*, prepare.system_prompt (sample prompts), prepare.refusal_patterns.
 Writes  metrics/eval.json          perplexity / task / preference_accuracy / refusal_rate .<artifact>,
                                    quantization.* (and judge.<artifact> when the judge is on)
         metrics/eval_intervals.json  bootstrap intervals of those numbers, paired comparisons (sft vs base, dpo vs
@@ -27,7 +27,7 @@ import os
 import sys
 import time
 
-from ta import libraries, paths
+from ta import libraries, paths, reproducibility
 from ta.config import load_params
 from ta.errors import report
 
@@ -41,11 +41,12 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> None:
         libraries.check("eval")  # the installed versions are the ones libraries.yaml records
+        started = time.perf_counter()
+        params = load_params()
+        reproducibility.apply(params.reproducibility)  # before torch loads
         from ta.eval.evaluate import apply_gates, run
         from ta.eval.metrics import finite_or_null
 
-        started = time.perf_counter()
-        params = load_params()
         results, verdicts = run(params.eval, params.prepare.system_prompt, params.prepare.refusal_patterns)
         apply_gates(verdicts, params.eval)
         elapsed = time.perf_counter() - started

@@ -1,6 +1,6 @@
 """Stage `gguf`: convert the merged model to GGUF with llama.cpp's own converter, then prove parity.
 
-Reads  params `gguf`; models/merged; data/prepared/sft_eval.jsonl (parity probes)
+Reads  params `reproducibility` and `gguf`; models/merged; data/prepared/sft_eval.jsonl (parity probes)
 Writes models/gguf/teachingassistant-<outtype>.gguf, metrics/gguf.json
 
 Two checks stop the stage before a broken file is shipped (the most common GGUF failure reports): the
@@ -17,7 +17,7 @@ import logging
 import sys
 from pathlib import Path
 
-from ta import libraries, paths
+from ta import libraries, paths, reproducibility
 from ta.config import load_params
 from ta.errors import report
 from ta.files import atomic_output, write_atomically
@@ -34,9 +34,11 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> None:
         libraries.check("gguf")  # the installed versions are the ones libraries.yaml records
+        everything = load_params()
+        reproducibility.apply(everything.reproducibility)  # before torch loads
         from ta.export.gguf import check_parity, convert
 
-        params = load_params().gguf
+        params = everything.gguf
         outfile = args.outfile or paths.gguf_file(params.outtype)
         with atomic_output(outfile) as unchecked:  # at outfile only once parity passed; removed otherwise
             convert(args.model, unchecked, params.outtype, params.llama_cpp_dir)

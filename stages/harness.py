@@ -3,7 +3,7 @@
 Reads   models/merged (lm-eval's hf backend),
         models/gguf/teachingassistant-q4_k_m.gguf (llama.cpp's OpenAI-compatible server, started on a free
         loopback port for the run), data/prepared/pref_eval.jsonl (the local task ta_pref);
-        params: harness.*, serve.lora_name, serve.max_model_len.
+        params: reproducibility.*, harness.*, serve.lora_name, serve.max_model_len.
 Writes  metrics/harness.json   <artifact> -> <task> -> {acc, acc_norm, ..., samples}; {} while
         `harness.enabled` is false (the default: it adds ~30 s to a run on 2 CPU cores)
 
@@ -20,7 +20,7 @@ import os
 import sys
 import time
 
-from ta import libraries, paths
+from ta import libraries, paths, reproducibility
 from ta.config import load_params
 from ta.errors import report
 from ta.files import write_atomically
@@ -40,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
             write_atomically(paths.HARNESS_METRICS, "{}\n")
             log.info("harness.enabled is false: nothing measured (dvc exp run -S harness.enabled=true)")
             return
+        reproducibility.apply(params.reproducibility)  # before torch loads
         from ta.eval.harness import run
 
         started = time.perf_counter()

@@ -1,6 +1,6 @@
 """Stage `merge`: fold the DPO adapter into the base weights (PEFT merge_and_unload).
 
-Reads  params `merge`; models/base; models/dpo
+Reads  params `reproducibility` and `merge`; models/base; models/dpo
 Writes models/merged/: safetensors weights, the tokenizer files and chat template, and a
        generation_config.json whose eos lists the chat end token (<|im_end|>) and the base eos, so that
        every runtime stops at the end of the assistant turn (ta/export/merge.py).
@@ -16,7 +16,7 @@ import logging
 import sys
 from pathlib import Path
 
-from ta import libraries, paths
+from ta import libraries, paths, reproducibility
 from ta.config import MergeDtype, choices, load_project_params
 from ta.errors import report
 
@@ -33,10 +33,12 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> None:
         libraries.check("merge")  # the installed versions are the ones libraries.yaml records
+        params = load_project_params()
+        reproducibility.apply(params.reproducibility)  # before torch loads
         from ta.base_model import BaseModelRef, read_base_ref
         from ta.export.merge import merge
 
-        dtype = args.dtype or load_project_params().merge.dtype
+        dtype = args.dtype or params.merge.dtype
         ref = BaseModelRef(args.base, None, args.trust_remote_code) if args.base else read_base_ref()
         merge(ref, args.adapter, args.output, dtype)
 

@@ -1,6 +1,6 @@
 """Stage `sft`: supervised fine-tuning, LoRA / QLoRA / full, on the assistant tokens (TRL SFTTrainer + PEFT).
 
-Reads  params `lr` (the learning rate) and `sft`; models/base; data/prepared/sft_{train,eval}.jsonl;
+Reads  params `reproducibility`, `lr` (the learning rate) and `sft`; models/base; data/prepared/sft_{train,eval}.jsonl;
        ds_config_zero2.json when sft.num_processes > 1
 Writes models/sft/ (the LoRA adapter + tokenizer; for `method: full` the whole model), dvclive/sft/
        (loss, eval loss, lr, grad norm per step); checkpoints/sft/ while it runs (empty once it finishes)
@@ -17,7 +17,7 @@ import argparse
 import logging
 import sys
 
-from ta import libraries, paths
+from ta import libraries, paths, reproducibility
 from ta.config import load_params
 from ta.errors import report
 from ta.train import launch
@@ -33,10 +33,11 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> int:
         libraries.check("sft")  # the installed versions are the ones libraries.yaml records
+        params = load_params()
+        reproducibility.apply(params.reproducibility)  # before torch loads; the workers it launches inherit it
         from ta.base_model import read_base_ref
         from ta.train import checkpoints, sft
 
-        params = load_params()
         if not launch.launched():
             sft.check(params.sft, read_base_ref())
             checkpoints.prepare_resume(paths.SFT_CHECKPOINTS, sft.fingerprint(params.sft, params.lr))

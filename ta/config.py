@@ -13,6 +13,7 @@ PyYAML reads `1e-4` as a string (YAML 1.1) while DVC writes it back in that form
 from __future__ import annotations
 
 import dataclasses
+import logging
 import types
 import typing
 from dataclasses import dataclass, field
@@ -21,6 +22,8 @@ from typing import Annotated, Any, Literal
 
 from ta.errors import ParamsError
 from ta.paths import PARAMS_FILE
+
+log = logging.getLogger("params")
 
 # The params.yaml shipped with the project: what the standalone CLIs read when run outside a checkout.
 SHIPPED_PARAMS = Path(__file__).resolve().parent.parent / "params.yaml"
@@ -81,6 +84,15 @@ SchedulerType = Literal[
 DpoLoss = Literal[
     "sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot", "aot_pair", "apo_zero"
 ]
+
+
+@dataclass
+class Reproducibility:
+    """How every torch stage computes, so that another machine writes the same bytes (ta/reproducibility.py)."""
+
+    threads: NonNegative  # compute threads; 0 = every core (then the bytes depend on the core count)
+    cpu_capability: Literal["avx2", "native"]  # widest CPU instruction set the kernels use; native: the CPU's own
+    deterministic: bool  # torch.use_deterministic_algorithms (warn only) and cuBLAS's fixed workspace on GPUs
 
 
 @dataclass
@@ -365,7 +377,6 @@ class Eval:
     batch_size: Positive
     precision: Precision
     attn_implementation: AttnImplementation
-    n_threads: NonNegative  # 0 = every core
     sample_prompts: list[str]
     gate_action: Literal["warn", "fail"]
     gate_evidence: Literal["interval", "point"]  # interval: a breach fails only beyond noise (ta/eval/gates.py)
@@ -416,6 +427,7 @@ class Serve:
 @dataclass
 class Params:
     lr: PositiveFloat  # the SFT learning rate, top level so that `dvc exp run -S lr=1e-4` works as typed
+    reproducibility: Reproducibility
     base: Base
     selfinstruct: SelfInstruct
     prepare: Prepare
@@ -449,7 +461,24 @@ def load_params(path: str | Path = PARAMS_FILE) -> Params:
         raise ParamsError(f"{path}: not found (run from the repository root)") from err
     except yaml.YAMLError as err:
         raise ParamsError(f"{path}: not valid YAML: {' '.join(str(err).split())}") from err
-    return _build(Params, raw, str(path), "")
+    return _build(Params, _without_retired_keys(raw, str(path)), str(path), "")
+
+
+# Keys params.yaml once had: still accepted, with a warning naming what replaced them.
+RETIRED_KEYS = {
+    ("eval", "n_threads"): "reproducibility.threads (the torch and llama.cpp threads of every stage) replaces it",
+}
+
+
+def _without_retired_keys(raw: Any, file: str) -> Any:
+    if not isinstance(raw, dict):
+        return raw
+    raw = dict(raw)
+    for (section, key), replacement in RETIRED_KEYS.items():
+        if isinstance(raw.get(section), dict) and key in raw[section]:
+            raw[section] = {k: v for k, v in raw[section].items() if k != key}
+            log.warning("%s: %s.%s is ignored: %s; remove it", file, section, key, replacement)
+    return raw
 
 
 def load_project_params() -> Params:

@@ -129,6 +129,18 @@ def test_a_cross_field_rule_holds_only_when_it_applies(tmp_path: Path) -> None:
     load_params(write_params(tmp_path, sft={"early_stopping_patience": 0, "save_steps": 7}))
 
 
+def test_a_retired_key_still_loads_with_a_warning_naming_its_replacement(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = write_params(tmp_path, eval={"n_threads": 4})
+    params = load_params(path)
+    assert not hasattr(params.eval, "n_threads")
+    assert f"{path}: eval.n_threads is ignored: reproducibility.threads" in caplog.text
+    caplog.clear()
+    load_params(REPO / "params.yaml")
+    assert caplog.text == ""
+
+
 def test_target_modules_accepts_a_string_or_a_list(tmp_path: Path) -> None:
     params = load_params(write_params(tmp_path, sft={"lora": {"target_modules": ["q_proj", "v_proj"]}}))
     assert params.sft.lora.target_modules == ["q_proj", "v_proj"]

@@ -3,7 +3,8 @@
 - every deps/outs entry of dvc.yaml is a path of ta.paths (or a file inside one), or a code file there is;
 - every path of ta.paths is in dvc.yaml (itself, inside an entry, or holding one);
 - the GGUF outputs are ta.paths.gguf_file() of the shipped gguf.outtype and quantize.types;
-- a stage's code deps cover every library module it imports (directly or not): change one and DVC reruns it.
+- a stage's code deps cover every library module it imports (directly or not): change one and DVC reruns it;
+- a stage that fixes its compute settings (ta/reproducibility.py) declares the `reproducibility` params.
 """
 
 from __future__ import annotations
@@ -89,16 +90,10 @@ def test_the_gguf_files_are_the_shipped_types() -> None:
 
 @pytest.mark.parametrize("stage", list(STAGES))
 def test_a_stage_runs_its_entry_point_and_depends_on_every_module_it_imports(stage: str) -> None:
-    from tools.layout import import_graph, project_modules
+    from tools.layout import project_modules
 
     assert STAGES[stage]["cmd"] == f"python -m stages.{stage}"
-    graph, modules = import_graph(), project_modules()
-    imported, todo = set(), [f"stages.{stage}"]
-    while todo:
-        for target in graph.get(todo.pop(), ()):
-            if target not in imported:
-                imported.add(target)
-                todo.append(target)
+    imported, modules = imported_modules(stage), project_modules()
     deps = [path for name, path in entries("deps") if name == stage]
     assert PurePosixPath(f"stages/{stage}.py") in deps
     needed = {
@@ -108,6 +103,28 @@ def test_a_stage_runs_its_entry_point_and_depends_on_every_module_it_imports(sta
     }
     missing = sorted(str(p) for p in needed if not any(within(p, dep) for dep in deps))
     assert not missing, f"stage {stage} runs {missing} but dvc.yaml does not list them in its deps"
+
+
+def imported_modules(stage: str) -> set[str]:
+    """The project modules `stages.<stage>` imports, directly or not."""
+    from tools.layout import import_graph
+
+    graph = import_graph()
+    imported, todo = set(), [f"stages.{stage}"]
+    while todo:
+        for target in graph.get(todo.pop(), ()):
+            if target not in imported:
+                imported.add(target)
+                todo.append(target)
+    return imported
+
+
+@pytest.mark.parametrize("stage", list(STAGES))
+def test_a_stage_that_fixes_its_compute_settings_declares_them(stage: str) -> None:
+    """DVC reruns a stage when a param it lists changes: a stage that runs ta.reproducibility.apply() reads
+    the `reproducibility` section, so it lists it, and one that does not run it does not list it."""
+    applies = "ta.reproducibility" in imported_modules(stage)
+    assert ("reproducibility" in STAGES[stage]["params"]) == applies
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -57,8 +56,7 @@ def load_runtimes(params: Eval, n_ctx: int, pad_id: int) -> Iterator[tuple[str, 
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    threads = params.n_threads or os.cpu_count() or 1
-    torch.set_num_threads(threads)
+    threads = torch.get_num_threads()  # reproducibility.threads, set by the stage (llama.cpp's count too)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     load = {"dtype": models.torch_dtype(params.precision), "attn_implementation": params.attn_implementation}
     base_model, peft_model = None, None

@@ -30,6 +30,7 @@ MAX_TOKENS = 128
 
 # Short budgets: the 152k-row head makes every step ~4-6 s on two cores. The same stages and code paths.
 QWEN_PARAMS = {
+    "reproducibility": {"threads": 0},
     "prepare": {"eval_fraction": 0.01, "max_tokens": MAX_TOKENS},
     "sft": {
         "max_steps": 2,
@@ -55,7 +56,6 @@ QWEN_PARAMS = {
         "max_generations": 1,
         "max_new_tokens": 4,
         "batch_size": 4,
-        "n_threads": 0,
         "sample_prompts": ["你好，请介绍一下你自己。"],
     },
 }
