@@ -54,18 +54,17 @@ EVENTS = {
     "models/sft is written": ("open", "models/sft*/*"),  # its temp dir, or models/sft itself were it written in place
     "models/sft is renamed into place": ("os.rename", "models/sft.tmp"),  # over the old one: after it moved aside
 }
-# The kills, in order: at fractions of a whole run's wall time, or at one of EVENTS. Over the complete adapter,
-# then from none; checkpoints do not depend on models/sft: killed there once.
+# The kills, in order: at a fraction of a whole run's wall time, or at one of EVENTS. Over the complete adapter,
+# then from none; checkpoints do not depend on models/sft: killed there once. The events cover the moments that
+# matter (writes and renames); one mid-run kill a phase covers the rest (20/85 % were dropped for CI's time budget).
 KILLS = {
     "over the complete adapter": (
         "a checkpoint is written",
-        0.2,
         0.5,
-        0.85,
         "models/sft is written",
         "models/sft is renamed into place",
     ),
-    "from none": (0.2, 0.5, 0.85, "models/sft is written"),
+    "from none": (0.5, "models/sft is written"),
 }
 
 
