@@ -14,7 +14,7 @@ from ta import paths
 from ta.config import load_params
 from tests.helpers import DVC, read_jsonl, run, tsv_steps, tsv_values
 
-STAGES = ["base", "selfinstruct", "prepare", "sft", "dpo", "merge", "gguf", "quantize", "eval"]
+STAGES = ["base", "selfinstruct", "prepare", "sft", "dpo", "merge", "gguf", "quantize", "eval", "harness"]
 
 
 def test_every_stage_ran_in_order_and_the_workspace_is_clean(reduced_repo: Path) -> None:

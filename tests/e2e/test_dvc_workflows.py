@@ -25,7 +25,7 @@ import yaml
 
 from tests.helpers import DVC, REPO, assert_status_clean, clone_with_results, ran_stages, run
 
-AFTER_SFT = ["sft", "dpo", "merge", "gguf", "quantize", "eval"]
+AFTER_SFT = ["sft", "dpo", "merge", "gguf", "quantize", "eval", "harness"]
 
 
 def lock_outs(repo: Path) -> dict[str, dict[str, str]]:

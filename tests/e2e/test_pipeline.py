@@ -12,7 +12,7 @@ import yaml
 
 from tests.helpers import DVC, run
 
-STAGES = ["base", "selfinstruct", "prepare", "sft", "dpo", "merge", "gguf", "quantize", "eval"]
+STAGES = ["base", "selfinstruct", "prepare", "sft", "dpo", "merge", "gguf", "quantize", "eval", "harness"]
 FORCED = ["prepare", "sft", "dpo", "merge", "gguf", "quantize"]
 
 
