@@ -26,11 +26,19 @@ print(json.dumps({
 """
 
 
+# Every variable apply() may set (the avx2 + deterministic case sets them all).
+MANAGED = tuple(environment(Reproducibility(threads=1, cpu_capability="avx2", deterministic=True)))
+
+
 def probe(settings: dict, **inherited: str) -> dict:
     """What a fresh process computes with after apply(), started with `inherited` in its environment."""
+    env = repo_env(**inherited)
+    for name in MANAGED:  # an earlier in-process stage run may have set them in this process: start clean
+        if name not in inherited:
+            env.pop(name, None)
     result = subprocess.run(
         [sys.executable, "-c", PROBE, json.dumps(settings)],
-        env=repo_env(**inherited),
+        env=env,
         capture_output=True,
         text=True,
         timeout=120,

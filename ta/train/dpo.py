@@ -67,6 +67,7 @@ CODE = (
     "ta/files.py",
     "ta/models.py",
     "ta/base_model.py",
+    "ta/reproducibility.py",
 )
 
 

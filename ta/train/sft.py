@@ -98,6 +98,7 @@ CODE = (
     "ta/chat.py",
     "ta/models.py",
     "ta/base_model.py",
+    "ta/reproducibility.py",
 )
 
 

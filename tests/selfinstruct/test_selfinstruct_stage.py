@@ -102,7 +102,9 @@ def test_dvc_runs_it_before_prepare_with_exactly_what_it_reads() -> None:
     assert {"prompts/selfinstruct", "ta/selfinstruct", "stages/selfinstruct.py"} <= set(stage["deps"])
     # prepare reads the review file and only the two switches: other selfinstruct params do not rerun it
     assert str(paths.REVIEW_FILE) in prepare["deps"]
-    assert {"selfinstruct.enabled", "selfinstruct.require_review"} <= set(prepare["params"])
+    assert {"selfinstruct.enabled", "selfinstruct.require_review"} <= {
+        p for p in prepare["params"] if isinstance(p, str)
+    }
     assert "selfinstruct" not in prepare["params"]
     # the decisions file is committed, the cache and the rejects are DVC's
     ignored = subprocess.run(
