@@ -14,6 +14,8 @@ On CPU the bytes of a run depend on three things besides the params and the libr
 `threads` pins the count. On a GPU, `deterministic` asks for deterministic kernels (what transformers'
 `enable_full_determinism` does), which makes reruns on one GPU model equal; other GPU models, and GPUs vs
 CPUs, still differ. docs/training.md "Reproducing across machines" has the measurements.
+
+`apply()` also keeps freed tensor memory in the C heap (ta/allocator.py): a speed setting, not a params one.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import logging
 import os
 import sys
 
+from ta import allocator
 from ta.config import Reproducibility
 
 log = logging.getLogger("reproducibility")
@@ -49,6 +52,7 @@ def apply(settings: Reproducibility) -> None:
     ATen reads its CPU capability at the first kernel it runs, MKL and OpenMP theirs as they load."""
     early = "torch" not in sys.modules
     os.environ.update(environment(settings))
+    allocator.keep_heap()  # not a params matter: it changes the speed, never the bytes
     import torch
 
     if settings.threads:

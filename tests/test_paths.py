@@ -32,6 +32,7 @@ CORE = {
     "ta.paths",
     "ta.errors",
     "ta.libraries",
+    "ta.allocator",  # malloc settings: the speed, never the bytes
 }  # read params and check the setup; outputs never depend on them
 
 
