@@ -8,6 +8,9 @@ Writes  metrics/eval.json          perplexity / task / preference_accuracy / ref
                                    quantization.* (and judge.<artifact> when the judge is on)
         metrics/eval_intervals.json  bootstrap intervals of those numbers, paired comparisons (sft vs base, dpo vs
                                    sft, q4_k_m vs f16) and the gates' verdicts; tracked, not a metric
+        metrics/eval_timing.json   seconds per artifact (loading it; scoring and generating) and the threads: a
+                                   metric (`dvc metrics diff` shows a slower eval), the one output that differs
+                                   from run to run
         metrics/samples.md, .json  greedy answers of every artifact to eval.sample_prompts (the JSON also
                                    holds each held-out task question with every artifact's answer and score;
                                    the Markdown opens with what the intervals say the evidence supports)
@@ -50,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         results, verdicts = run(params.eval, params.prepare.system_prompt, params.prepare.refusal_patterns)
         apply_gates(verdicts, params.eval)
         elapsed = time.perf_counter() - started
-        written = (paths.EVAL_METRICS, paths.EVAL_INTERVALS, paths.SAMPLES_MD, paths.SAMPLES_JSON)
+        written = (paths.EVAL_METRICS, paths.EVAL_INTERVALS, paths.EVAL_TIMING, paths.SAMPLES_MD, paths.SAMPLES_JSON)
         log.info("wrote %s in %.1f s", ", ".join(map(str, written)), elapsed)
         print(json.dumps(finite_or_null(results), ensure_ascii=False, indent=2, allow_nan=False))
 

@@ -55,6 +55,7 @@ LENGTHS_PLOT = METRICS_DIR / "prepare_lengths.csv"
 GGUF_METRICS = METRICS_DIR / "gguf.json"
 QUANTIZE_METRICS = METRICS_DIR / "quantize.json"
 EVAL_METRICS = METRICS_DIR / "eval.json"
+EVAL_TIMING = METRICS_DIR / "eval_timing.json"  # seconds per artifact: a metric that changes every run
 EVAL_INTERVALS = METRICS_DIR / "eval_intervals.json"  # bootstrap intervals: tracked, not a metric (dvc exp show)
 SAMPLES_MD = METRICS_DIR / "samples.md"
 SAMPLES_JSON = METRICS_DIR / "samples.json"

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 import yaml
 
+from ta.allocator import keep_heap
 from tests.helpers import DVC, PIPELINE_MARK, REPO, copy_repo, free_port, pipeline_reason, repo_env, run
 
 # Offline, before anything imports transformers or datasets (they read these once, at import).
@@ -29,6 +30,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+# What every stage does (ta/reproducibility.py): freed tensors stay in the heap, here and in the processes the
+# tests start, which would otherwise fault their pages in anew every training step.
+keep_heap()
 
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker

@@ -40,6 +40,7 @@ def test_each_stage_left_its_outputs(reduced_repo: Path) -> None:
         paths.MODELFILE,
         paths.EVAL_METRICS,
         paths.EVAL_INTERVALS,
+        paths.EVAL_TIMING,
         paths.SAMPLES_MD,
     ):
         assert (reduced_repo / path).is_file() and (reduced_repo / path).stat().st_size > 0, path
@@ -74,3 +75,13 @@ def test_every_artifact_was_measured_and_the_conversions_kept_the_model(reduced_
     assert abs(ppl["gguf_f16"] - ppl["merged"]) <= 0.02 * ppl["merged"]  # f16 rounding
     assert 0.9 < report["quantization"]["q4_k_m_vs_f16_ppl_ratio"] < 1.5
     assert all(0 <= v <= 1 for v in report["preference_accuracy"].values())
+
+
+def test_eval_timed_every_artifact(reduced_repo: Path) -> None:
+    """metrics/eval_timing.json: each measured artifact's seconds, loading and measuring, and the threads
+    (reproducibility.threads of the shipped params)."""
+    timing = json.loads((reduced_repo / paths.EVAL_TIMING).read_text(encoding="utf-8"))
+    measured = json.loads((reduced_repo / paths.EVAL_METRICS).read_text(encoding="utf-8"))["perplexity"]
+    assert set(timing["seconds"]) == set(measured)
+    assert all(t["load"] >= 0 and t["measure"] > 0 for t in timing["seconds"].values())
+    assert timing["threads"] == 2

@@ -333,21 +333,37 @@ def stop_token_ids(tokenizer: Any) -> set[int]:
     return ids | {vocab[token] for token in END_TOKENS if token in vocab}
 
 
-def measure(params: Eval, held: HeldOut, tokenizer: Any, refusal_patterns: list[str]) -> dict[str, ArtifactResult]:
-    """Every artifact in `eval.artifacts` on the same held-out ids, one model in memory at a time."""
+def measure(
+    params: Eval, held: HeldOut, tokenizer: Any, refusal_patterns: list[str], timing: dict[str, Any]
+) -> dict[str, ArtifactResult]:
+    """Every artifact in `eval.artifacts` on the same held-out ids, one model in memory at a time; `timing` gets
+    the threads and each artifact's seconds (loading it; scoring and generating)."""
     stop_ids = stop_token_ids(tokenizer)
     scored = held.conversations + [p.chosen for p in held.preferences] + [p.rejected for p in held.preferences]
     longest_prompt = max(len(ids) for ids in held.task_prompt_ids + held.sample_prompt_ids + [[]])
     n_ctx = max(max(len(e.ids) for e in scored), longest_prompt + params.max_new_tokens) + 8
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(stop_ids)
     results: dict[str, ArtifactResult] = {}
-    for name, runtime in load_runtimes(params, n_ctx, pad_id):
+    timing.update(threads=_threads(), seconds={})
+    runtimes = load_runtimes(params, n_ctx, pad_id)
+    while True:
         started = time.perf_counter()
+        name, runtime = next(runtimes, (None, None))
+        if name is None or runtime is None:
+            break
+        loaded = time.perf_counter()
         results[name] = result = evaluate(runtime, held, tokenizer, params, stop_ids, refusal_patterns)
         del runtime  # so that the next model loads into freed memory
-        elapsed = time.perf_counter() - started
-        log.info("%s: perplexity %.3f, task %s (%.1f s)", name, result.perplexity, result.task["task"], elapsed)
+        done = time.perf_counter()
+        timing["seconds"][name] = {"load": round(loaded - started, 2), "measure": round(done - loaded, 2)}
+        log.info("%s: perplexity %.3f, task %s (%.1f s)", name, result.perplexity, result.task["task"], done - started)
     return results
+
+
+def _threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 def write_outputs(
@@ -390,7 +406,8 @@ def run(params: Eval, system_prompt: str, refusal_patterns: list[str]) -> tuple[
     check_inputs(params)
     tokenizer = models.load_tokenizer(paths.BASE_DIR)
     held = load_held_out(tokenizer, params, system_prompt)
-    results = measure(params, held, tokenizer, refusal_patterns)
+    timing: dict[str, Any] = {}
+    results = measure(params, held, tokenizer, refusal_patterns, timing)
     sizes = {name: ARTIFACTS[name][1].stat().st_size for name in results if name.startswith("gguf_")}
     report = build_report(results, sizes)
     if params.judge_enabled:
@@ -400,6 +417,7 @@ def run(params: Eval, system_prompt: str, refusal_patterns: list[str]) -> tuple[
     interval_report = build_intervals(results, params)
     verdicts = gates.gate_verdicts(report, interval_report, params)
     write_outputs(report, interval_report, verdicts, results, held, params)
+    write_json(paths.EVAL_TIMING, timing)
     return report, verdicts
 
 

@@ -8,6 +8,7 @@ HF and GGUF perplexities are comparable.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -73,10 +74,20 @@ def scored_logprobs(runtime: Runtime, conversations: list[Encoded]) -> list[list
 
 
 class HFRuntime:
-    """A transformers (or PEFT-wrapped) causal LM; sequences go through in padded batches."""
+    """A transformers (or PEFT-wrapped) causal LM. Sequences go through in padded batches of similar length
+    (sorted, longest first, so that a batch pads little and an out-of-memory shows on the first one); results
+    come back in the callers' order."""
+
+    LOGPROB_CHUNK = 256  # positions turned into fp32 log-probs at once: 152k vocab x 256 x 4 B = 155 MiB
 
     def __init__(self, model: Any, pad_id: int, batch_size: int) -> None:
         self.model, self.pad_id, self.batch_size = model.eval(), pad_id, batch_size
+
+    def _batches(self, sequences: list[list[int]]) -> Iterator[list[int]]:
+        """Indices of `sequences` in batches of at most batch_size, longest first (ties in input order)."""
+        order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i]))
+        for start in range(0, len(order), self.batch_size):
+            yield order[start : start + self.batch_size]
 
     def _padded(self, batch: list[list[int]], left: bool) -> tuple[Any, Any]:
         import torch
@@ -92,17 +103,27 @@ class HFRuntime:
     def token_logprobs(self, sequences: list[list[int]]) -> list[list[float]]:
         import torch
 
-        result = []
-        for start in range(0, len(sequences), self.batch_size):
-            batch = sequences[start : start + self.batch_size]
+        result: list[list[float]] = [[] for _ in sequences]
+        for indices in self._batches(sequences):
+            batch = [sequences[i] for i in indices]
             input_ids, attention_mask = self._padded(batch, left=False)  # right padding: causal, no effect
             with torch.no_grad():
                 logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
-                for row, ids in enumerate(batch):  # one row in fp32 at a time: at 152k vocab, ~1 GiB per 2k tokens
-                    row_logits = logits[row, : len(ids) - 1].float()
-                    targets = input_ids[row, 1 : len(ids), None]
-                    result.append(torch.log_softmax(row_logits, dim=-1).gather(1, targets)[:, 0].tolist())
+                for row, i in enumerate(indices):
+                    result[i] = self._logprobs(logits[row, : len(batch[row]) - 1], input_ids[row, 1 : len(batch[row])])
         return result
+
+    def _logprobs(self, logits: Any, targets: Any) -> list[float]:
+        """log softmax(logits)[target] per position, as logit - logsumexp in fp32, LOGPROB_CHUNK positions at
+        a time: never a full fp32 log-softmax over the vocabulary (~1 GiB per 2k positions at 152k)."""
+        import torch
+
+        values = []
+        for start in range(0, logits.shape[0], self.LOGPROB_CHUNK):
+            chunk, wanted = logits[start : start + self.LOGPROB_CHUNK], targets[start : start + self.LOGPROB_CHUNK]
+            picked = chunk.gather(1, wanted[:, None])[:, 0].float()
+            values.append(picked - torch.logsumexp(chunk.float(), dim=-1))
+        return torch.cat(values).tolist() if values else []
 
     def greedy(self, prompts: list[list[int]], max_new_tokens: int, stop_ids: set[int]) -> list[list[int]]:
         import torch
@@ -111,14 +132,15 @@ class HFRuntime:
         config = GenerationConfig(
             max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=sorted(stop_ids), pad_token_id=self.pad_id
         )
-        result = []
-        for start in range(0, len(prompts), self.batch_size):
-            input_ids, attention_mask = self._padded(prompts[start : start + self.batch_size], left=True)
+        result: list[list[int]] = [[] for _ in prompts]
+        for indices in self._batches(prompts):
+            input_ids, attention_mask = self._padded([prompts[i] for i in indices], left=True)
             with torch.no_grad():
                 output = self.model.generate(
                     input_ids=input_ids, attention_mask=attention_mask, generation_config=config
                 )
-            result += [_until_stop(row[input_ids.shape[1] :].tolist(), stop_ids) for row in output]
+            for i, row in zip(indices, output, strict=True):
+                result[i] = _until_stop(row[input_ids.shape[1] :].tolist(), stop_ids)
         return result
 
 

@@ -89,6 +89,29 @@ def test_padded_batches_score_like_single_sequences(tiny_lm):
     assert all(lp < 0 for lps in batched for lp in lps)
 
 
+def test_logprobs_in_sorted_chunked_batches_equal_a_float64_log_softmax_per_sequence(tiny_lm, monkeypatch):
+    """Batches sorted by length, fp32 logsumexp over chunks of 2 positions: the callers' order and the values of
+    a plain float64 log-softmax over each sequence alone."""
+    import torch
+
+    monkeypatch.setattr(HFRuntime, "LOGPROB_CHUNK", 2)
+    sequences = [[11, 12], [5, 6, 7, 8, 9, 10], [13, 14, 15], [16, 17, 18, 19, 20]]
+    got = HFRuntime(tiny_lm, pad_id=0, batch_size=2).token_logprobs(sequences)
+    for ids, lps in zip(sequences, got, strict=True):
+        with torch.no_grad():
+            logits = tiny_lm(input_ids=torch.tensor([ids])).logits[0, :-1].double()
+        expected = torch.log_softmax(logits, dim=-1).gather(1, torch.tensor(ids[1:])[:, None])[:, 0]
+        assert lps == pytest.approx(expected.tolist(), abs=1e-5)
+
+
+def test_batches_go_longest_first_and_results_come_back_in_order(tiny_lm):
+    runtime = HFRuntime(tiny_lm, pad_id=0, batch_size=2)
+    sequences = [[1], [1, 2, 3], [1, 2], [1, 2, 3, 4]]
+    assert list(runtime._batches(sequences)) == [[3, 1], [2, 0]]
+    prompts = [[5, 6], [9, 10, 11, 12], [7]]
+    assert runtime.greedy(prompts, 4, stop_ids={1}) == [runtime.greedy([p], 4, stop_ids={1})[0] for p in prompts]
+
+
 def test_left_padded_greedy_matches_one_prompt_at_a_time(tiny_lm):
     prompts = [[5, 6, 7, 8], [9, 10]]
     batched = HFRuntime(tiny_lm, pad_id=0, batch_size=2).greedy(prompts, 6, stop_ids={1})

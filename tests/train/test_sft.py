@@ -242,16 +242,40 @@ def test_bad_configs_fail_fast_with_one_line(
     assert not (workspace / "models/sft").exists()
 
 
-def test_padding_free_batches_score_like_padded_ones(training_workspace: Path) -> None:
-    # lr 0 and one step: the eval loss is the untrained model's, however the batches are laid out. No sample
-    # is longer than max_seq_len (padding-free batches are not truncated).
-    eval_losses = []
-    for padding_free in (False, True):
-        run = {"max_steps": 1, "eval_steps": 1, "save_steps": 0, "max_seq_len": 512, "padding_free": padding_free}
+def token_nll(trainer: Any) -> tuple[float, int]:
+    """Summed NLL (float64) and count of the loss tokens of the trainer's eval set, as its collator batches it."""
+    import torch
+
+    model, total, count = trainer.model.eval(), 0.0, 0
+    with torch.no_grad():
+        for batch in trainer.get_eval_dataloader():
+            labels = batch.pop("labels")[:, 1:]
+            logits = model(**batch).logits[:, :-1].double()
+            scored = labels != -100
+            logprobs = torch.log_softmax(logits[scored], dim=-1).gather(1, labels[scored][:, None])
+            total, count = total - logprobs.sum().item(), count + int(scored.sum())
+    return total, count
+
+
+def test_packed_and_padding_free_batches_give_each_token_the_loss_of_padded_ones(
+    training_workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Packing (several conversations in one row) and padding-free batches (one flattened row) must keep the
+    conversations apart (position_ids restart, attention stays within one): every loss token gets the same
+    log-prob as in a padded batch, so the summed loss agrees. lr ~0 and one step: the model is the untrained
+    one's in all three runs."""
+    kept = keep_the_trainer(monkeypatch)
+    layouts = {"padded": {}, "padding_free": {"padding_free": True}, "packed": {"packing": True}}
+    for layout in layouts.values():
+        run = {"max_steps": 1, "eval_steps": 1, "save_steps": 0, "max_seq_len": 512, "packing": False, **layout}
         set_params(training_workspace, lr=1.0e-12, sft=run)
         assert sft.main([]) == 0
-        eval_losses.append(tsv_values(PLOTS / "eval/loss.tsv")[-1])
-    assert eval_losses[1] == pytest.approx(eval_losses[0], abs=1e-4)
+    nll = dict(zip(layouts, (token_nll(trainer) for trainer in kept), strict=True))
+    packed_rows = len(kept[2].eval_dataset)
+    assert packed_rows < len(kept[0].eval_dataset) / 2  # really packed: several conversations a row
+    assert nll["padding_free"][1] == nll["packed"][1] == nll["padded"][1] > 0
+    assert nll["padding_free"][0] == pytest.approx(nll["padded"][0], rel=1e-5)
+    assert nll["packed"][0] == pytest.approx(nll["padded"][0], rel=1e-5)
 
 
 def test_fp16_on_cpu_names_the_param(workspace: Path, capsys: pytest.CaptureFixture[str]) -> None:
