@@ -45,6 +45,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--rows", type=int, help="prepare: generated rows (default 1100000; smoke 2000)")
     parser.add_argument("--compare", type=Path, metavar="DIR", help="prepare: another checkout, run alternately")
+    parser.add_argument("--baseline", metavar="REF", help="turnaround: also a commit/branch to compare, alternately")
     parser.add_argument("--train-model", type=Path, help="train: model dir (default: a Qwen2.5-shaped one, built)")
     parser.add_argument("--train-steps", type=int, help="train: optimizer steps per run (default 20; smoke 2)")
     parser.add_argument("--max-new-tokens", type=int, help="runtime: tokens generated per prompt (default 64)")
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     typed = ["python", "-m", "bench", *(sys.argv[1:] if argv is None else argv)]
-    own = ("rows", "compare", "train_model", "train_steps", "max_new_tokens", "prompts", "threads")
+    own = ("rows", "compare", "baseline", "train_model", "train_steps", "max_new_tokens", "prompts", "threads")
     extra = {key: value for key, value in vars(args).items() if key in own and value is not None}
     options = Options(args.workspace.resolve(), args.repeat, args.smoke, shlex.join(typed), extra)
     output = args.output or (None if args.smoke else REPO / "BENCHMARKS.md")

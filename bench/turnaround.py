@@ -7,6 +7,9 @@ Each round runs, in the clone, a forced `dvc repro --force` (every stage reruns)
 next one (or to the end of the command), so it includes DVC's hashing and caching of that stage's outputs;
 lines are timed as they arrive (DVC and the stages run unbuffered). The smoke run does the same for the one
 stage `selfinstruct` (off by default: it passes its review file through) with `--single-item`.
+
+`--baseline REF` clones REF (a commit, branch or tag of this repository) as well and runs it round by round
+alternating with the last commit, so the two compare within one run: a before/after of a change.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.report import REPO, Options, Result, median, table
+from bench.report import REPO, Options, Result, alternate, median, ratio, table
 
 log = logging.getLogger("bench.turnaround")
 
@@ -50,32 +53,58 @@ def timed_repro(clone: Path, args: list[str]) -> dict[str, float]:
     return {**stages, "total": ended - started}
 
 
+def clone(at: Path, ref: str) -> str:
+    """A fresh `git clone` of this repository at `ref`; returns its short commit."""
+    subprocess.run(["git", "clone", "--quiet", str(REPO), str(at)], check=True)
+    subprocess.run(["git", "checkout", "--quiet", ref], cwd=at, check=True)
+    git = ["git", "rev-parse", "--short", "HEAD"]
+    return subprocess.run(git, cwd=at, capture_output=True, text=True, check=True).stdout.strip()
+
+
+def seconds(values: list[float]) -> str:
+    return f"**{median(values):.1f}**"
+
+
 def run(options: Options) -> Result:
     target = SMOKE_TARGET if options.smoke else []
+    baseline = options.extra.get("baseline")
     with tempfile.TemporaryDirectory(prefix="bench-turnaround-") as tmp:
-        clone = Path(tmp) / "repo"
-        subprocess.run(["git", "clone", "--quiet", str(REPO), str(clone)], check=True)
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=clone, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        forced: list[dict[str, float]] = []
-        no_op: list[float] = []
-        for round_ in range(options.repeat):
-            forced.append(timed_repro(clone, ["--force", *target]))
-            no_op.append(timed_repro(clone, target)["total"])
-            log.info("round %d: forced %.1f s, no-op %.1f s", round_, forced[-1]["total"], no_op[-1])
-    stages = [name for name in forced[0] if name != "total"]
+        clones = {"HEAD": Path(tmp) / "head"} | ({"baseline": Path(tmp) / "baseline"} if baseline else {})
+        commits = {name: clone(at, baseline if name == "baseline" else "HEAD") for name, at in clones.items()}
+
+        def one_round(name: str, round_: int) -> tuple[dict[str, float], float]:
+            forced = timed_repro(clones[name], ["--force", *target])
+            no_op = timed_repro(clones[name], target)["total"]
+            log.info("%s round %d: forced %.1f s, no-op %.1f s", commits[name], round_, forced["total"], no_op)
+            return forced, no_op
+
+        runs = alternate(list(clones), options.repeat, one_round)
+    forced = {name: [f for f, _ in rounds] for name, rounds in runs.items()}
+    no_op = {name: [n for _, n in rounds] for name, rounds in runs.items()}
+    stages = list(dict.fromkeys(s for rounds in forced.values() for r in rounds for s in r if s != "total"))
+    names = ["total", *stages]
+    columns = [f"{commits['HEAD']} (s, median)", "rounds"]
+    if baseline:
+        columns += [f"baseline {commits['baseline']} (s)", "rounds", "ratio"]
+
+    def row(label: str, head: list[float], base: list[float] | None) -> tuple[str, ...]:
+        cells = (label, seconds(head), ", ".join(f"{v:.1f}" for v in head))
+        if base is None:
+            return cells
+        return (*cells, seconds(base), ", ".join(f"{v:.1f}" for v in base), f"{ratio(median(head), median(base)):.2f}×")
+
     rows = []
-    for name in stages:
-        seconds = [r.get(name, 0.0) for r in forced]
-        rows.append((f"`{name}`", f"**{median(seconds):.1f}**", ", ".join(f"{s:.1f}" for s in seconds)))
-    total = median(r["total"] for r in forced)
-    rows.append(("**total**", f"**{total:.1f}**", ", ".join(f"{r['total']:.1f}" for r in forced)))
-    rows.append(("no-op `dvc repro`", f"**{median(no_op):.1f}**", ", ".join(f"{s:.1f}" for s in no_op)))
+    for name in names:
+        label = "**total**" if name == "total" else f"`{name}`"
+        pick = lambda runs_: [r.get(name, 0.0) for r in runs_]  # noqa: E731 - a stage a commit lacks took 0 s
+        rows.append(row(label, pick(forced["HEAD"]), pick(forced["baseline"]) if baseline else None))
+    rows.append(row("no-op `dvc repro`", no_op["HEAD"], no_op.get("baseline")))
     what = f"`dvc repro --force {' '.join(target)}`" if target else "`dvc repro --force`"
+    against = f" and of the baseline {baseline} ({commits['baseline']}), alternating," if baseline else ""
     markdown = (
-        f"{what} in a fresh `git clone` of commit {commit}, then the no-op repro, {options.repeat} round(s); "
-        "seconds, median (each round).\n\n" + table(("stage", "seconds (median)", "rounds"), rows)
+        f"{what} in a fresh `git clone` of commit {commits['HEAD']}{against} then the no-op repro, "
+        f"{options.repeat} round(s); seconds, median (each round).\n\n" + table(tuple(["stage", *columns]), rows)
     )
-    figures = {"commit": commit, "forced": forced, "no_op": no_op, "total_median_s": total}
+    total = median(r["total"] for r in forced["HEAD"])
+    figures = {"commits": commits, "forced": forced, "no_op": no_op, "total_median_s": total}
     return Result(markdown, figures)

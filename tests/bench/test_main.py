@@ -68,3 +68,19 @@ def test_fewer_than_one_round_is_refused() -> None:
         text=True,
     )
     assert result.returncode == 2 and "--repeat must be at least 1" in result.stderr
+
+
+def test_turnaround_against_a_baseline_has_both_commits_and_their_ratio(tmp_path: Path) -> None:
+    output = tmp_path / "BENCHMARKS.md"
+    output.write_text("# B\n", encoding="utf-8")
+    command = ["-m", "bench", "--smoke", "--only", "turnaround", "--baseline", "HEAD~1", "--output", str(output)]
+    result = subprocess.run(
+        [sys.executable, *command], cwd=REPO, env=repo_env(), capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    commits = json.loads(result.stdout)["turnaround"]["commits"]
+    assert set(commits) == {"HEAD", "baseline"} and commits["HEAD"] != commits["baseline"]
+    written = section(output.read_text(encoding="utf-8"), "turnaround")
+    assert f"baseline {commits['baseline']}" in written and "ratio" in written
+    selfinstruct = next(line for line in written.splitlines() if line.startswith("| `selfinstruct`"))
+    assert re.search(r"\| \d+\.\d\d× \|$", selfinstruct)
