@@ -96,8 +96,9 @@ def run(options: Options) -> Result:
     rows = []
     for name in names:
         label = "**total**" if name == "total" else f"`{name}`"
-        pick = lambda runs_: [r.get(name, 0.0) for r in runs_]  # noqa: E731 - a stage a commit lacks took 0 s
-        rows.append(row(label, pick(forced["HEAD"]), pick(forced["baseline"]) if baseline else None))
+        head = [r.get(name, 0.0) for r in forced["HEAD"]]  # a stage one commit lacks took 0 s there
+        base = [r.get(name, 0.0) for r in forced["baseline"]] if baseline else None
+        rows.append(row(label, head, base))
     rows.append(row("no-op `dvc repro`", no_op["HEAD"], no_op.get("baseline")))
     what = f"`dvc repro --force {' '.join(target)}`" if target else "`dvc repro --force`"
     against = f" and of the baseline {baseline} ({commits['baseline']}), alternating," if baseline else ""

@@ -18,16 +18,13 @@ import argparse
 import importlib.util
 import logging
 import os
-import subprocess
 import sys
-import time
 from pathlib import Path
-
-import requests
 
 from serve.vllm import api_key_from_env
 from ta.config import Serve, load_params
 from ta.errors import ServeError, report
+from ta.server import wait_until_ready  # noqa: F401 - serve's name for it (tests start the server with it)
 
 log = logging.getLogger(__name__)
 
@@ -76,22 +73,6 @@ def server_env(api_key: str | None) -> dict[str, str]:
     if api_key:
         env["API_KEY"] = api_key
     return env
-
-
-def wait_until_ready(base_url: str, process: subprocess.Popen, timeout: float, api_key: str | None = None) -> None:
-    """Block until GET <base_url>/models answers 200; RuntimeError if the server exits or times out."""
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"llama.cpp server exited with code {process.returncode} before it was ready")
-        try:
-            if requests.get(f"{base_url}/models", headers=headers, timeout=2).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.3)
-    raise RuntimeError(f"llama.cpp server at {base_url} not ready after {timeout:g}s")
 
 
 def main(argv: list[str] | None = None) -> int:

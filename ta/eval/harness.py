@@ -39,6 +39,7 @@ from ta.data.io import read_jsonl
 from ta.errors import EvalError, MissingInputError
 from ta.eval.metrics import finite_or_null
 from ta.files import write_atomically
+from ta.server import wait_until_ready
 
 log = logging.getLogger("harness")
 
@@ -142,8 +143,6 @@ def hf_model(path: Path, params: Harness) -> Any:
 def llama_server(gguf_path: Path, serve: Serve, log_file: Path, timeout: float = 180.0) -> Iterator[tuple[str, str]]:
     """`python -m serve.llama_server` on `gguf_path`, on a free port with a one-off API key, its output in
     `log_file`: yields (base_url, key) once it answers, stops it afterwards."""
-    import requests
-
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -155,20 +154,7 @@ def llama_server(gguf_path: Path, serve: Serve, log_file: Path, timeout: float =
         )
     base_url = f"http://127.0.0.1:{port}/v1"
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if process.poll() is not None:
-                last = log_file.read_text(errors="replace").strip().splitlines()[-1:]
-                raise EvalError(f"llama.cpp server on {gguf_path} exited with code {process.returncode}: {last}")
-            try:
-                answer = requests.get(f"{base_url}/models", headers={"Authorization": f"Bearer {key}"}, timeout=2)
-                if answer.status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            if time.monotonic() > deadline:
-                raise EvalError(f"llama.cpp server on {gguf_path} not ready after {timeout:g} s")
-            time.sleep(0.2)
+        wait_until_ready(base_url, process, timeout, api_key=key, log_file=log_file)
         yield base_url, key
     finally:
         process.terminate()

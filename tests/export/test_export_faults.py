@@ -23,7 +23,13 @@ from tests.helpers import repo_env, write_params
 
 OUTPUTS = {
     "gguf": ["models/gguf/teachingassistant-f16.gguf", "metrics/gguf.json"],
-    "eval": ["metrics/eval.json", "metrics/eval_intervals.json", "metrics/eval_timing.json", "metrics/samples.md", "metrics/samples.json"],
+    "eval": [
+        "metrics/eval.json",
+        "metrics/eval_intervals.json",
+        "metrics/eval_timing.json",
+        "metrics/samples.md",
+        "metrics/samples.json",
+    ],
 }
 FRACTIONS = (0.2, 0.5, 0.85)
 
