@@ -13,7 +13,8 @@ JSON. A --smoke run writes only where --output points.
 Benchmarks: prepare (rows/s of the guide's prepare command, bench/bench_prepare.py), turnaround (a forced
 `dvc repro` of the default in a temporary clone, per stage, and the no-op one), runtime (llama.cpp q4_k_m and
 f16 GGUFs vs the merged HF model: prompt and generation tokens/s), train (useful tokens/s and pad share of
-our SFT setup, its padding-free and packing knobs, and a plain TRL SFTTrainer).
+our SFT setup, its padding-free and packing knobs, and a plain TRL SFTTrainer), dpo (the same for our DPO setup
+and a plain TRL DPOTrainer).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from pathlib import Path
 
 from bench.report import REPO, Options, header, machine, rewrite_section
 
-BENCHMARKS = ("prepare", "turnaround", "runtime", "train")  # modules bench/<name>.py, each with run(Options)
+BENCHMARKS = ("prepare", "turnaround", "runtime", "train", "dpo")  # modules bench/<name>.py, each with run(Options)
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -47,7 +48,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--compare", type=Path, metavar="DIR", help="prepare: another checkout, run alternately")
     parser.add_argument("--baseline", metavar="REF", help="turnaround: also a commit/branch to compare, alternately")
     parser.add_argument("--train-model", type=Path, help="train: model dir (default: a Qwen2.5-shaped one, built)")
-    parser.add_argument("--train-steps", type=int, help="train: optimizer steps per run (default 20; smoke 2)")
+    parser.add_argument("--train-steps", type=int, help="train, dpo: optimizer steps per run (default 20; smoke 2)")
     parser.add_argument("--max-new-tokens", type=int, help="runtime: tokens generated per prompt (default 64)")
     parser.add_argument("--prompts", type=int, help="runtime: held-out questions per round (default 8)")
     parser.add_argument("--threads", type=int, help="runtime: llama.cpp and torch threads (default: every core)")
