@@ -14,7 +14,7 @@ import pytest
 
 from ta.config import load_params
 from ta.errors import GateFailed
-from ta.eval import evaluate, gates, metrics
+from ta.eval import evaluate, gates, metrics, outputs
 from tests.helpers import REPO, char_tokenizer, write_params
 
 ALPHABET = "systemuserassistant\nqab12+34=7答案：作为AI语言模型"
@@ -99,8 +99,8 @@ def test_evaluate_reports_hand_computed_metrics(tokenizer, tmp_path, monkeypatch
     assert result.sample_answers == ["答案：7"]
     assert runtime.generate_calls == [(3, 5)]  # two task questions and one sample prompt, in one pass
 
-    interval_report = evaluate.build_intervals({"fake": result}, params)
-    evaluate.write_outputs({"perplexity": {"fake": 2.0}}, interval_report, [], {"fake": result}, held, params)
+    interval_report = outputs.build_intervals({"fake": result}, params)
+    outputs.write_outputs({"perplexity": {"fake": 2.0}}, interval_report, [], {"fake": result}, held, params)
     written = json.loads((tmp_path / "metrics/eval_intervals.json").read_text(encoding="utf-8"))
     # one artifact: its own intervals, nothing to compare; the perplexity over both conversations as above
     assert written["artifacts"]["perplexity"]["fake"]["value"] == round(result.perplexity, 4)
@@ -128,7 +128,7 @@ def test_report_has_exactly_the_issue_key_paths():
         "gguf_f16": result(8.0, 0.3, 0.5, []),
         "gguf_q4_k_m": result(8.4, 0.3, 0.5, []),
     }
-    report = evaluate.build_report(results, {"gguf_f16": 4 * 2**20, "gguf_q4_k_m": 2**20})
+    report = outputs.build_report(results, {"gguf_f16": 4 * 2**20, "gguf_q4_k_m": 2**20})
     assert set(report) == {"perplexity", "task", "preference_accuracy", "refusal_rate", "quantization"}
     assert report["perplexity"] == {"sft": 10.0, "dpo": 9.0, "gguf_f16": 8.0, "gguf_q4_k_m": 8.4}
     # dpo moved chosen +2 and rejected -1 relative to sft: implicit reward margin 3 > 0 -> 1.0
@@ -144,7 +144,7 @@ def test_report_has_exactly_the_issue_key_paths():
 def test_implicit_reward_accuracy_by_hand():
     # pair 1: (-5 - -6) - (-7 - -7) = 1 > 0; pair 2: (-5 - -4) - (-7 - -8) = -2 -> 1/2
     policy, reference = [(-5.0, -7.0), (-5.0, -7.0)], [(-6.0, -7.0), (-4.0, -8.0)]
-    assert evaluate.implicit_reward_accuracy(policy, reference) == 0.5
+    assert outputs.implicit_reward_accuracy(policy, reference) == 0.5
 
 
 def test_task_items_alternate_drill_and_open_questions():
@@ -157,7 +157,7 @@ def test_task_items_alternate_drill_and_open_questions():
 
 
 def test_samples_markdown_quotes_every_answer():
-    text = evaluate.samples_markdown(["你好"], {"base": ["第一行\n第二行"], "sft": [""]}, max_new_tokens=8)
+    text = outputs.samples_markdown(["你好"], {"base": ["第一行\n第二行"], "sft": [""]}, max_new_tokens=8)
     assert "## 1. 你好" in text
     assert "**base**\n\n> 第一行\n> 第二行" in text
     assert "**sft**\n\n> *(empty answer)*" in text
@@ -211,8 +211,8 @@ def test_a_nan_perplexity_is_null_in_eval_json_and_fails_its_gate(tmp_path: Path
         return evaluate.ArtifactResult(ppl, {"task": 0.5, "rouge_l": None, "exact_match": None}, [], 0.5, 0.0)
 
     results = {"gguf_f16": result(8.0), "gguf_q4_k_m": result(math.nan)}  # e.g. a q4_k_m that computes NaN
-    report = evaluate.build_report(results, {})
-    evaluate.write_json(Path("metrics/eval.json"), report)
+    report = outputs.build_report(results, {})
+    outputs.write_json(Path("metrics/eval.json"), report)
 
     def refuse(constant: str) -> None:
         raise ValueError(f"{constant} in metrics/eval.json")
@@ -220,7 +220,7 @@ def test_a_nan_perplexity_is_null_in_eval_json_and_fails_its_gate(tmp_path: Path
     written = json.loads(Path("metrics/eval.json").read_text(encoding="utf-8"), parse_constant=refuse)
     assert written["perplexity"] == {"gguf_f16": 8.0, "gguf_q4_k_m": None}
     assert written["quantization"] == {"q4_k_m_vs_f16_ppl_ratio": None}
-    verdicts = gates.gate_verdicts(report, evaluate.build_intervals(results, eval_params()), eval_params())
+    verdicts = gates.gate_verdicts(report, outputs.build_intervals(results, eval_params()), eval_params())
     with pytest.raises(GateFailed, match=r"q4_k_m_vs_f16_ppl_ratio is nan \(a perplexity is not finite\)"):
         evaluate.apply_gates(verdicts, eval_params(gate_action="fail"))
 
@@ -255,12 +255,12 @@ def test_the_intervals_file_is_strict_json_the_same_bytes_on_rerun_and_stated_in
     }
     held = evaluate.HeldOut([], [], [], [], sample_prompts=["q"], sample_prompt_ids=[[1]])
     params = eval_params(gate_action="warn")
-    report = evaluate.build_report(results, {})
+    report = outputs.build_report(results, {})
 
     def write() -> bytes:
-        interval_report = evaluate.build_intervals(results, params)
+        interval_report = outputs.build_intervals(results, params)
         verdicts = gates.gate_verdicts(report, interval_report, params)
-        evaluate.write_outputs(report, interval_report, verdicts, results, held, params)
+        outputs.write_outputs(report, interval_report, verdicts, results, held, params)
         return Path("metrics/eval_intervals.json").read_bytes()
 
     first = write()
