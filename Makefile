@@ -16,10 +16,6 @@ SDIST_DIR := $(VENV)/sdist
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 PYTEST_ARGS ?=
-# Two pytest-xdist workers: the suite spends much of its time in single-threaded imports, DVC and I/O. Tests
-# that share a pipeline run stay on one worker (tests/conftest.py). PYTEST_WORKERS=0 runs in one process.
-PYTEST_WORKERS ?= 2
-PYTEST_PARALLEL = $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadgroup)
 PROFILE ?= profiles/qwen2.5-7b-guide.yaml
 # The columns `make exps` keeps of `dvc exp show`'s ~390 (every param and metric leaf): the knobs most often
 # swept and the headline metrics. --keep matches the start of a column name.
@@ -41,11 +37,11 @@ real: $(STAMP)
 
 # The fast tier: unit tests and one reduced pipeline run (tests marked `pipeline` are left to test-all).
 test: $(STAMP) $(TEST_STAMP) services lint
-	python -m pytest $(PYTEST_PARALLEL) -m "not pipeline" $(PYTEST_ARGS)
+	python -m pytest -m "not pipeline" $(PYTEST_ARGS)
 
 # Everything, with the slowest tests listed at the end: what .ci/run calls.
 test-all: $(STAMP) $(TEST_STAMP) services lint
-	python -m pytest $(PYTEST_PARALLEL) --durations=25 $(PYTEST_ARGS)
+	python -m pytest --durations=25 $(PYTEST_ARGS)
 
 lint: $(TEST_STAMP)
 	$(BIN)/ruff check .

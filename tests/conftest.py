@@ -35,20 +35,11 @@ os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 keep_heap()
 
 
-# Fixtures that build a whole pipeline run once per test process: the tests using them (directly or not) share
-# one pytest-xdist worker, so that `make test` / `make test-all` (-n 2 --dist loadgroup) build each run once.
-PIPELINE_RUNS = {"pipeline_repo", "reduced_repo"}
-
-
-@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker, and before xdist reads the groups
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
-        fixtures = getattr(item, "fixturenames", ())
-        if pipeline_reason(fixtures, item.path, Path(__file__).parent):
+        if pipeline_reason(getattr(item, "fixturenames", ()), item.path, Path(__file__).parent):
             item.add_marker(getattr(pytest.mark, PIPELINE_MARK))
-        # the rest by file, as --dist loadfile would: a module's fixtures are built on one worker
-        group = "pipeline-run" if PIPELINE_RUNS.intersection(fixtures) else str(item.path)
-        item.add_marker(pytest.mark.xdist_group(group))
 
 
 # ------------------------------------------------------------------------------------- the full run
