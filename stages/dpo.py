@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
             if params.num_processes > 1:
                 return launch.relaunch("stages.dpo", params.num_processes)
         metrics = dpo.train(params)
+        launch.finish()  # every rank, once the model is saved
         accuracy = metrics.get("eval_rewards/accuracies", float("nan"))
         log.info(
             "eval reward accuracy %.3f after %d steps; model in %s", accuracy, metrics["global_step"], paths.DPO_DIR

@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
             if params.sft.num_processes > 1:
                 return launch.relaunch("stages.sft", params.sft.num_processes)
         metrics = sft.train(params.sft, params.lr)
+        launch.finish()  # every rank, once the model is saved
         log.info(
             "final eval loss %.4f after %d steps; model in %s",
             metrics["eval_loss"],

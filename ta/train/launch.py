@@ -83,6 +83,17 @@ def check_deepspeed(section: str, num_processes: int, deepspeed_config: str) -> 
         raise ParamsError(f"{deepspeed_config}: zero_optimization.stage 3 is not supported here; use stage 2")
 
 
+def finish() -> None:
+    """End this worker's part in a multi-process run: wait for every rank (rank 0 may still be saving), then
+    tear the process group down. Left to interpreter exit, gloo's threads can outlive it, and a worker then
+    aborts ("terminate called without an active exception") after a run that succeeded."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def engine_report() -> Any:
     """A trainer callback that logs, on rank 0, which engine really runs the training as it starts, e.g.
     "DeepSpeed ZeRO stage 2 over 2 processes (optimizer DeepSpeedZeroOptimizer, gloo backend)", and as it
