@@ -22,11 +22,11 @@ import dataclasses
 import gc
 import logging
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 from bench.report import REPO, Options, Result, alternate, median, ratio, table
+from bench.train import metered, timed_totals
 from ta import paths
 
 log = logging.getLogger("bench.dpo")
@@ -80,31 +80,13 @@ def build(name: str, params: Any, pairs: list[dict], out: Path) -> Any:
 
 
 def train_once(name: str, params: Any, pairs: list[dict], out: Path) -> dict[str, float]:
-    from transformers import TrainerCallback, set_seed
+    from transformers import set_seed
 
     set_seed(params.seed)
     trainer = build(name, params, pairs, out)
-    counts: list[dict[str, int]] = []
-    step_ends: list[float] = []
-    collate = trainer.data_collator
-
-    def counting_collator(examples: list[dict[str, Any]]) -> dict[str, Any]:
-        batch = collate(examples)
-        if trainer.model.training:
-            counts.append(batch_counts(batch))
-        return batch
-
-    class StepClock(TrainerCallback):
-        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            step_ends.append(time.perf_counter())
-
-    trainer.data_collator = counting_collator
-    trainer.add_callback(StepClock())
+    counts, step_ends = metered(trainer, batch_counts)
     trainer.train()
-    timed = counts[1 : len(step_ends)]  # steps 2..N: the first one pays for warm-up
-    seconds = step_ends[-1] - step_ends[0]
-    total = {key: sum(c[key] for c in timed) for key in timed[0]}
-    trainer.data_collator = collate  # the closure goes, and with the trainer the model (gc in run_once)
+    total, seconds = timed_totals(counts, step_ends)
     result = {
         **total,
         "seconds": seconds,

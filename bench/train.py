@@ -25,6 +25,7 @@ import json
 import logging
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -80,8 +81,9 @@ def batch_counts(batch: dict[str, Any], assistant: AssistantTokens) -> dict[str,
     }
 
 
-def metered(trainer: Any, assistant: AssistantTokens) -> tuple[list[dict[str, int]], list[float]]:
-    """Count every batch the trainer collates and clock every step's end (lists filled as it trains)."""
+def metered(trainer: Any, count: Callable[[dict[str, Any]], dict[str, int]]) -> tuple[list[dict], list[float]]:
+    """Count (`count(batch)`) every batch the trainer collates for training and clock every step's end (lists
+    filled as it trains)."""
     from transformers import TrainerCallback
 
     counts: list[dict[str, int]] = []
@@ -91,7 +93,7 @@ def metered(trainer: Any, assistant: AssistantTokens) -> tuple[list[dict[str, in
     def counting_collator(examples: list[dict[str, Any]]) -> dict[str, Any]:
         batch = collate(examples)
         if trainer.model.training:  # not the evaluation after the last step
-            counts.append(batch_counts(batch, assistant))
+            counts.append(count(batch))
         return batch
 
     class StepClock(TrainerCallback):
@@ -101,6 +103,12 @@ def metered(trainer: Any, assistant: AssistantTokens) -> tuple[list[dict[str, in
     trainer.data_collator = counting_collator
     trainer.add_callback(StepClock())
     return counts, step_ends
+
+
+def timed_totals(counts: list[dict[str, int]], step_ends: list[float]) -> tuple[dict[str, int], float]:
+    """Each count summed over steps 2..N (the first pays for warm-up), and the seconds those steps took."""
+    timed = counts[1 : len(step_ends)]
+    return {key: sum(c[key] for c in timed) for key in timed[0]}, step_ends[-1] - step_ends[0]
 
 
 def build_ours(model_dir: Path, params: Any, lr: float, rows: list, eval_rows: list, out: Path) -> Any:
@@ -164,11 +172,9 @@ def train_once(name: str, model_dir: Path, params: Any, lr: float, data: dict[st
         trainer = build_plain(model_dir, params, lr, data["train"], out)
     else:
         trainer = build_ours(model_dir, dataclasses.replace(params, **overrides), lr, data["train"], data["eval"], out)
-    counts, step_ends = metered(trainer, data["assistant"])
+    counts, step_ends = metered(trainer, lambda batch: batch_counts(batch, data["assistant"]))
     trainer.train()
-    timed = counts[1 : len(step_ends)]  # steps 2..N: the first one pays for warm-up
-    seconds = step_ends[-1] - step_ends[0]
-    total = {key: sum(c[key] for c in timed) for key in timed[0]}
+    total, seconds = timed_totals(counts, step_ends)
     del trainer
     gc.collect()
     result = {
