@@ -70,7 +70,7 @@ def build(name: str, params: Any, pairs: list[dict], out: Path) -> Any:
             report_to="none",
             use_cpu=not torch.cuda.is_available(),
         )
-    return DPOTrainer(
+    return (dpo.trainer_class() if name == "ours" else DPOTrainer)(
         model=dpo.load_policy(read_base_ref(), params),
         args=config,
         train_dataset=Dataset.from_list(pairs),

@@ -336,6 +336,7 @@ class Dpo:
     save_steps: NonNegative  # 0 = no checkpoints
     save_total_limit: Positive
     gradient_checkpointing: bool
+    train_sampling_strategy: Literal["group_by_length", "random", "sequential"]
     precision: Precision
     attn_implementation: AttnImplementation
     num_processes: Positive

@@ -34,6 +34,7 @@ def shared_trainer_args(params: Sft | Dpo, learning_rate: float, checkpoint_dir:
         "max_grad_norm": params.max_grad_norm,
         "activation_checkpointing": params.gradient_checkpointing,  # transformers 5's name for it
         "activation_checkpointing_kwargs": {"use_reentrant": False} if params.gradient_checkpointing else None,
+        "train_sampling_strategy": params.train_sampling_strategy,
         "bf16": precision == "bf16",
         "fp16": precision == "fp16",
         "eval_strategy": "steps",

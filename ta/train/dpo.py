@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +105,53 @@ def load_reference(ref: BaseModelRef, params: Dpo) -> Any:
     return AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype(params.precision), **attn).eval()
 
 
+def pair_lengths(dataset: Any, max_length: int | None) -> list[int]:
+    """Positions a pair takes in a DPO batch, whose chosen and rejected rows are padded to one length: the prompt
+    and the longer answer, cut at max_length."""
+    cap = max_length or sys.maxsize
+    return [
+        min(len(prompt) + max(len(chosen), len(rejected)), cap)
+        for prompt, chosen, rejected in zip(
+            dataset["prompt_ids"], dataset["chosen_ids"], dataset["rejected_ids"], strict=True
+        )
+    ]
+
+
+def trainer_class() -> type:
+    """TRL's DPOTrainer, with `train_sampling_strategy: group_by_length` honoured.
+
+    transformers' length-grouped sampler reads an `input_ids` or length column, and DPOTrainer's tokenized pairs
+    have neither (it drops any other column before the sampler is built): this sampler reads the lengths from the
+    `prompt_ids`/`chosen_ids`/`rejected_ids` it keeps. Random order padded 36 % of the positions on the shipped
+    pairs (BENCHMARKS.md "Training efficiency: useful tokens per second of DPO").
+    """
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+    from trl import DPOTrainer
+
+    class LengthGroupedDPOTrainer(DPOTrainer):
+        def _grouped(self, dataset: Any, batch_size: int, generator: Any = None) -> Any:
+            if self.args.train_sampling_strategy != "group_by_length" or "prompt_ids" not in dataset.column_names:
+                return None
+            lengths = pair_lengths(dataset, self.args.max_length)
+            return LengthGroupedSampler(batch_size, lengths=lengths, generator=generator)
+
+        def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+            dataset = self.train_dataset if train_dataset is None else train_dataset
+            batch_size = self.args.train_batch_size * self.args.gradient_accumulation_steps
+            sampler = self._grouped(dataset, batch_size)
+            return super()._get_train_sampler(train_dataset) if sampler is None else sampler
+
+        def _get_eval_sampler(self, eval_dataset: Any) -> Any:
+            import torch
+
+            seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed  # as transformers
+            generator = torch.Generator().manual_seed(seed)
+            sampler = self._grouped(eval_dataset, self.args.eval_batch_size, generator)
+            return super()._get_eval_sampler(eval_dataset) if sampler is None else sampler
+
+    return LengthGroupedDPOTrainer
+
+
 def dpo_config(params: Dpo, checkpoint_dir: Path) -> Any:
     from trl import DPOConfig
 
@@ -123,7 +171,6 @@ def train(
 ) -> dict[str, float]:
     from datasets import Dataset
     from transformers import set_seed
-    from trl import DPOTrainer
 
     from ta.train.tracking import dvclive_callbacks
 
@@ -137,7 +184,7 @@ def train(
         {"dpo": dataclasses.asdict(params)},
         resume_step=int(resume_from.name.split("-")[-1]) if resume_from else None,
     )
-    trainer = DPOTrainer(
+    trainer = trainer_class()(
         model=load_policy(ref, params),
         ref_model=load_reference(ref, params),
         args=dpo_config(params, checkpoint_dir),

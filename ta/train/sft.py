@@ -150,7 +150,6 @@ def sft_config(params: Sft, lr: float, checkpoint_dir: Path) -> Any:
         assistant_only_loss=True,
         packing=params.packing,
         padding_free=params.padding_free,
-        train_sampling_strategy=params.train_sampling_strategy,
         load_best_model_at_end=early_stopping,
         metric_for_best_model="eval_loss" if early_stopping else None,
         greater_is_better=False if early_stopping else None,

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from stages import dpo
-from tests.helpers import run_module, set_params, tsv_steps, tsv_values
+from tests.helpers import pref_rows, run_module, set_params, tsv_steps, tsv_values
 
 PLOTS = Path("dvclive/dpo/plots/metrics")
 
@@ -101,3 +101,51 @@ def test_two_processes_train_under_deepspeed_zero2(dpo_training_workspace: Path)
     assert (dpo_training_workspace / "models/dpo/adapter_model.safetensors").is_file()
     assert tsv_steps(dpo_training_workspace / PLOTS / "loss.tsv") == [1, 2]  # rank 0 alone logs
     assert first_value(dpo_training_workspace / PLOTS / "loss.tsv") == pytest.approx(math.log(2), abs=1e-4)
+
+
+def pad_positions(trainer: object, rows: object, order: list[int], batch_size: int) -> int:
+    """Pad positions of the batches TRL's own collator makes of `rows` taken in `order`."""
+    total = 0
+    for start in range(0, len(order), batch_size):
+        batch = trainer.data_collator([rows[i] for i in order[start : start + batch_size]])
+        total += batch["input_ids"].numel() - int(batch["attention_mask"].sum())
+    return total
+
+
+def test_pairs_are_batched_by_length(dpo_workspace: Path, tmp_path: Path) -> None:
+    """Half the pairs have 4-character answers, half 100-character ones. Sorted megabatches of 16 pairs (64 pairs,
+    batches of 2: transformers takes 8 batches a megabatch) can mix the two kinds in at most one batch each, so at
+    most 4 batches pad a short pair to a long one; random order mixes about half of the 32 batches."""
+    from datasets import Dataset
+    from torch.utils.data import RandomSampler
+
+    from ta.base_model import read_base_ref
+    from ta.config import load_params
+    from ta.models import load_tokenizer
+    from ta.train import dpo as train_dpo
+
+    set_params(dpo_workspace, dpo={"max_length": 512})
+    params = load_params().dpo
+    pairs = []
+    for i in range(64):
+        size = 4 if i % 2 else 100  # chosen and rejected alike: no pair pads one answer to the other
+        answers = {"chosen": "1" * size, "rejected": "2" * size}
+        pairs.append({**pref_rows(1, i)[0], **{k: [{"role": "assistant", "content": v}] for k, v in answers.items()}})
+    trainer = train_dpo.trainer_class()(
+        model=train_dpo.load_policy(read_base_ref(), params),
+        args=train_dpo.dpo_config(params, tmp_path),
+        train_dataset=Dataset.from_list(pairs),
+        eval_dataset=Dataset.from_list(pairs[:2]),
+        processing_class=load_tokenizer(Path("models/sft")),
+    )
+    rows = trainer.train_dataset
+    # Each pair's length, as the sampler reads it, is the width TRL's collator gives the pair alone.
+    widths = [trainer.data_collator([row])["input_ids"].shape[1] for row in rows]
+    assert train_dpo.pair_lengths(rows, params.max_length) == widths
+    long_short = max(widths) - min(widths)
+    assert long_short >= 90
+
+    grouped = pad_positions(trainer, rows, list(trainer._get_train_sampler()), 2)
+    random_order = pad_positions(trainer, rows, list(RandomSampler(rows)), 2)
+    assert grouped < 4 * (long_short + 10)  # + the few tokens the prompts and rejected answers differ by
+    assert random_order > 8 * long_short
