@@ -82,10 +82,13 @@ def build(name: str, params: Any, pairs: list[dict], out: Path) -> Any:
 def train_once(name: str, params: Any, pairs: list[dict], out: Path) -> dict[str, float]:
     from transformers import set_seed
 
+    from ta.train.fused_head import label_positions_only
+
     set_seed(params.seed)
     trainer = build(name, params, pairs, out)
     counts, step_ends = metered(trainer, batch_counts)
-    trainer.train()
+    with label_positions_only() if name == "ours" else contextlib.nullcontext():  # as ta/train/dpo.py trains
+        trainer.train()
     total, seconds = timed_totals(counts, step_ends)
     result = {
         **total,

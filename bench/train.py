@@ -19,6 +19,7 @@ the end of the first step to the end of the last (data, forward, backward, optim
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
 import json
@@ -166,6 +167,8 @@ def build_plain(model_dir: Path, params: Any, lr: float, rows: list, out: Path) 
 def train_once(name: str, model_dir: Path, params: Any, lr: float, data: dict[str, list], out: Path) -> dict:
     from transformers import set_seed
 
+    from ta.train.fused_head import label_positions_only
+
     set_seed(params.seed)
     overrides = VARIANTS[name]
     if overrides is None:
@@ -173,7 +176,8 @@ def train_once(name: str, model_dir: Path, params: Any, lr: float, data: dict[st
     else:
         trainer = build_ours(model_dir, dataclasses.replace(params, **overrides), lr, data["train"], data["eval"], out)
     counts, step_ends = metered(trainer, lambda batch: batch_counts(batch, data["assistant"]))
-    trainer.train()
+    with contextlib.nullcontext() if overrides is None else label_positions_only():  # as ta/train/sft.py trains
+        trainer.train()
     total, seconds = timed_totals(counts, step_ends)
     del trainer
     gc.collect()

@@ -65,6 +65,7 @@ CODE = (
     "ta/train/launch.py",
     "ta/train/checkpoints.py",
     "ta/train/tracking.py",
+    "ta/train/fused_head.py",
     "ta/files.py",
     "ta/models.py",
     "ta/base_model.py",
@@ -172,6 +173,7 @@ def train(
     from datasets import Dataset
     from transformers import set_seed
 
+    from ta.train.fused_head import label_positions_only
     from ta.train.tracking import dvclive_callbacks
 
     set_seed(params.seed)
@@ -195,7 +197,8 @@ def train(
     )
     if resume_from:
         log.info("Resuming from %s", resume_from.name)
-    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    with label_positions_only():
+        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     state = trainer.state
     last_eval = next(entry for entry in reversed(state.log_history) if "eval_loss" in entry)  # the last step's
     metrics = {**last_eval, "global_step": state.global_step}

@@ -93,6 +93,7 @@ CODE = (
     "ta/train/launch.py",
     "ta/train/checkpoints.py",
     "ta/train/tracking.py",
+    "ta/train/fused_head.py",
     "ta/train/memory.py",
     "ta/files.py",
     "ta/chat.py",
@@ -167,6 +168,7 @@ def train(
     from transformers import EarlyStoppingCallback, set_seed
     from trl import SFTTrainer
 
+    from ta.train.fused_head import label_positions_only
     from ta.train.tracking import dvclive_callbacks
 
     set_seed(params.seed)
@@ -195,7 +197,8 @@ def train(
     )
     if resume_from:
         log.info("Resuming from %s", resume_from.name)
-    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    with label_positions_only():
+        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     state = trainer.state
     if params.early_stopping_patience > 0:  # the best checkpoint was loaded back
         log.info("best eval loss %.4f at step %d of %d", state.best_metric, state.best_global_step, state.global_step)
