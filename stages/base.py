@@ -18,10 +18,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 from pathlib import Path
 
-from ta import libraries, paths, reproducibility
+from ta import libraries, paths, process, reproducibility
 from ta.config import load_params
 from ta.errors import report
 
@@ -61,4 +60,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    process.run(main)

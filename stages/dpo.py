@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 
-from ta import libraries, paths, reproducibility
+from ta import libraries, paths, process, reproducibility
 from ta.config import load_params
 from ta.errors import report
 from ta.train import launch
@@ -54,4 +53,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    process.run(main)

@@ -27,10 +27,9 @@ import argparse
 import json
 import logging
 import os
-import sys
 import time
 
-from ta import libraries, paths, reproducibility
+from ta import libraries, paths, process, reproducibility
 from ta.config import load_params
 from ta.errors import report
 
@@ -62,4 +61,4 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    sys.exit(main())
+    process.run(main)

@@ -14,10 +14,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 from pathlib import Path
 
-from ta import libraries, paths, reproducibility
+from ta import libraries, paths, process, reproducibility
 from ta.config import load_params
 from ta.errors import report
 from ta.files import atomic_output, write_atomically
@@ -57,4 +56,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    process.run(main)

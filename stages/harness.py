@@ -17,10 +17,9 @@ import argparse
 import json
 import logging
 import os
-import sys
 import time
 
-from ta import libraries, paths, reproducibility
+from ta import libraries, paths, process, reproducibility
 from ta.config import load_params
 from ta.errors import report
 from ta.files import write_atomically
@@ -53,4 +52,4 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    sys.exit(main())
+    process.run(main)

@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from pathlib import Path
 
-from ta import libraries, paths, reproducibility
+from ta import libraries, paths, process, reproducibility
 from ta.config import MergeDtype, choices, load_project_params
 from ta.errors import report
 
@@ -46,4 +45,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    process.run(main)

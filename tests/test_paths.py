@@ -33,6 +33,7 @@ CORE = {
     "ta.errors",
     "ta.libraries",
     "ta.allocator",  # malloc settings: the speed, never the bytes
+    "ta.process",  # the garbage collector's settings: the speed, never the bytes
 }  # read params and check the setup; outputs never depend on them
 
 
