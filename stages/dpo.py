@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         params = everything.dpo
         if not launch.launched():
             dpo.check(params)
-            checkpoints.prepare_resume(paths.DPO_CHECKPOINTS, dpo.fingerprint(params))
+            checkpoints.prepare_resume(paths.DPO_CHECKPOINTS, dpo.fingerprint(params, everything.reproducibility))
             if params.num_processes > 1:
                 return launch.relaunch("stages.dpo", params.num_processes)
         metrics = dpo.train(params)

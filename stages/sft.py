@@ -39,7 +39,9 @@ def main(argv: list[str] | None = None) -> int:
 
         if not launch.launched():
             sft.check(params.sft, read_base_ref())
-            checkpoints.prepare_resume(paths.SFT_CHECKPOINTS, sft.fingerprint(params.sft, params.lr))
+            checkpoints.prepare_resume(
+                paths.SFT_CHECKPOINTS, sft.fingerprint(params.sft, params.lr, params.reproducibility)
+            )
             if params.sft.num_processes > 1:
                 return launch.relaunch("stages.sft", params.sft.num_processes)
         metrics = sft.train(params.sft, params.lr)

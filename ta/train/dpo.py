@@ -18,7 +18,7 @@ from typing import Any
 
 from ta import paths
 from ta.base_model import BaseModelRef, read_base_ref
-from ta.config import Dpo
+from ta.config import Dpo, Reproducibility
 from ta.errors import MissingInputError, ParamsError
 from ta.files import atomic_directory
 from ta.models import (
@@ -73,10 +73,12 @@ CODE = (
 )
 
 
-def fingerprint(params: Dpo) -> dict[str, Any]:
+def fingerprint(params: Dpo, compute: Reproducibility) -> dict[str, Any]:
+    """As sft's: the params (`reproducibility` too), the inputs and the code a resumable checkpoint was made with."""
     inputs = [paths.PREF_TRAIN, paths.PREF_EVAL, Path(params.deepspeed_config), *sorted(paths.BASE_DIR.glob("*"))]
     inputs += sorted(paths.SFT_DIR.glob("*.safetensors"))
-    return checkpoints.run_fingerprint({"dpo": dataclasses.asdict(params)}, inputs, CODE)
+    run_params = {"dpo": dataclasses.asdict(params), "reproducibility": dataclasses.asdict(compute)}
+    return checkpoints.run_fingerprint(run_params, inputs, CODE)
 
 
 def load_policy(ref: BaseModelRef, params: Dpo) -> Any:

@@ -15,7 +15,7 @@ from typing import Any
 
 from ta import chat, paths
 from ta.base_model import BaseModelRef, read_base_ref
-from ta.config import Sft
+from ta.config import Reproducibility, Sft
 from ta.errors import ParamsError
 from ta.files import atomic_directory
 from ta.models import (
@@ -103,9 +103,12 @@ CODE = (
 )
 
 
-def fingerprint(params: Sft, lr: float) -> dict[str, Any]:
+def fingerprint(params: Sft, lr: float, compute: Reproducibility) -> dict[str, Any]:
+    """What a checkpoint must have been trained with to be resumed: the params (how it computes too: threads,
+    CPU kernels and determinism choose the bytes), the inputs and the code."""
     inputs = [paths.SFT_TRAIN, paths.SFT_EVAL, Path(params.deepspeed_config), *sorted(paths.BASE_DIR.glob("*"))]
-    return checkpoints.run_fingerprint({"lr": lr, "sft": dataclasses.asdict(params)}, inputs, CODE)
+    run_params = {"lr": lr, "sft": dataclasses.asdict(params), "reproducibility": dataclasses.asdict(compute)}
+    return checkpoints.run_fingerprint(run_params, inputs, CODE)
 
 
 def lora_config(params: Sft) -> Any:

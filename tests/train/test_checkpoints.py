@@ -139,6 +139,39 @@ def test_checkpoints_of_other_params_or_data_are_cleared(tmp_path: Path) -> None
     assert sorted(path.name for path in directory.iterdir()) == [checkpoints.RUN_STAMP]  # no temp file left
 
 
+def test_checkpoints_made_with_other_compute_settings_are_cleared(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Threads, CPU kernels and determinism (params `reproducibility`) choose the bytes a run writes: a checkpoint
+    made under other settings is not resumed, by sft or by dpo."""
+    import dataclasses
+
+    from ta.config import load_params
+    from ta.train import dpo, sft
+
+    shipped = load_params(checkpoints.PROJECT_ROOT / "params.yaml")
+    monkeypatch.chdir(tmp_path)  # no data or models here: their absence is fingerprinted alike each time
+    settings = shipped.reproducibility
+    others = [
+        dataclasses.replace(settings, threads=settings.threads + 1),
+        dataclasses.replace(settings, cpu_capability="native" if settings.cpu_capability == "avx2" else "avx2"),
+        dataclasses.replace(settings, deterministic=not settings.deterministic),
+    ]
+    stages = {
+        "sft": lambda compute: sft.fingerprint(shipped.sft, shipped.lr, compute),
+        "dpo": lambda compute: dpo.fingerprint(shipped.dpo, compute),
+    }
+    for name, fingerprint in stages.items():
+        directory = tmp_path / name
+        for other in others:
+            checkpoints.prepare_resume(directory, fingerprint(settings))
+            (directory / "checkpoint-2").mkdir()
+            checkpoints.prepare_resume(directory, fingerprint(settings))
+            assert (directory / "checkpoint-2").is_dir(), name  # the same settings: kept for resuming
+            checkpoints.prepare_resume(directory, fingerprint(other))
+            assert not (directory / "checkpoint-2").exists(), (name, other)
+
+
 def test_checkpoints_without_a_stamp_are_not_trusted(tmp_path: Path) -> None:
     (tmp_path / "checkpoint-2").mkdir(parents=True)
     checkpoints.prepare_resume(tmp_path, checkpoints.run_fingerprint({}, []))
