@@ -7,10 +7,12 @@ Variants, each trained for the same steps on the same pairs with the same batch 
 seed, from the same SFT adapter (trainable), with the SFT model as the reference:
 - `ours`: the trainer as stages/dpo.py builds it (ta/train/dpo.py's load_policy and dpo_config) with params.yaml's
   dpo defaults; only checkpoints are off;
+- `ours, whole batches`: the same with `dpo.split_rows_min_saving: 0`, each batch forwarded whole (TRL's way);
 - `plain TRL`: DPOConfig's defaults (TRL's own: gradient checkpointing and bf16 on, max_length 1024) for
   everything the variants do not share.
 Useful tokens are the completion tokens (chosen and rejected answers) of a batch, the ones DPO's loss is on; pad
-share is the pad tokens' share of the positions a batch feeds the model. Both variants run in this one process,
+share is the pad tokens' share of the positions fed to the model's decoder (every forward of a step: the
+policy's and the reference's, whole batches or ours' row groups). Both variants run in this one process,
 so both get what every stage sets up first (ta/allocator.py). Timed: from the end of the first step to the end of
 the last.
 """
@@ -31,17 +33,35 @@ from ta import paths
 
 log = logging.getLogger("bench.dpo")
 
-VARIANTS = ("ours", "plain TRL")
+VARIANTS = ("ours", "ours, whole batches", "plain TRL")
 
 
 def batch_counts(batch: dict[str, Any]) -> dict[str, int]:
-    """Positions fed to the model, real (non-pad) tokens and completion tokens of one collated batch."""
-    return {
-        "positions": batch["input_ids"].numel(),
-        "real": int(batch["attention_mask"].sum()),
-        "useful": int(batch["completion_mask"].sum()),
-        "pairs": batch["input_ids"].shape[0] // 2,
-    }
+    """Completion tokens and pairs of one collated batch."""
+    return {"useful": int(batch["completion_mask"].sum()), "pairs": batch["input_ids"].shape[0] // 2}
+
+
+def fed_to_decoder(trainer: Any) -> list[dict[str, int]]:
+    """Positions and real (non-pad) tokens fed to the decoder in each training step (a list filled as it trains)."""
+    from transformers import TrainerCallback
+
+    steps: list[dict[str, int]] = []
+    current = {"positions": 0, "real": 0}
+    model = trainer.model.get_base_model() if hasattr(trainer.model, "get_base_model") else trainer.model
+
+    def count(module: Any, args: Any, kwargs: dict[str, Any]) -> None:
+        if trainer.model.training:  # not the evaluation after the last step
+            current["positions"] += kwargs["input_ids"].numel()
+            current["real"] += int(kwargs["attention_mask"].sum())
+
+    class StepEnd(TrainerCallback):
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            steps.append(dict(current))
+            current.update(positions=0, real=0)
+
+    model.base_model.register_forward_pre_hook(count, with_kwargs=True)
+    trainer.add_callback(StepEnd())
+    return steps
 
 
 def build(name: str, params: Any, pairs: list[dict], out: Path) -> Any:
@@ -55,7 +75,8 @@ def build(name: str, params: Any, pairs: list[dict], out: Path) -> Any:
     from ta.train import dpo
 
     eval_pairs = None
-    if name == "ours":
+    split_rows_min_saving = params.split_rows_min_saving if name == "ours" else 0
+    if name != "plain TRL":
         config = dpo.dpo_config(params, out)
         eval_pairs = Dataset.from_list(dpo.read_pairs(paths.PREF_EVAL)[:8])
     else:
@@ -70,7 +91,8 @@ def build(name: str, params: Any, pairs: list[dict], out: Path) -> Any:
             report_to="none",
             use_cpu=not torch.cuda.is_available(),
         )
-    return (dpo.trainer_class() if name == "ours" else DPOTrainer)(
+    trainer_class = DPOTrainer if name == "plain TRL" else dpo.trainer_class(split_rows_min_saving)
+    return trainer_class(
         model=dpo.load_policy(read_base_ref(), params),
         args=config,
         train_dataset=Dataset.from_list(pairs),
@@ -87,9 +109,11 @@ def train_once(name: str, params: Any, pairs: list[dict], out: Path) -> dict[str
     set_seed(params.seed)
     trainer = build(name, params, pairs, out)
     counts, step_ends = metered(trainer, batch_counts)
-    with label_positions_only() if name == "ours" else contextlib.nullcontext():  # as ta/train/dpo.py trains
+    fed = fed_to_decoder(trainer)
+    with label_positions_only() if name != "plain TRL" else contextlib.nullcontext():  # as ta/train/dpo.py trains
         trainer.train()
     total, seconds = timed_totals(counts, step_ends)
+    total.update(timed_totals(fed, step_ends)[0])
     result = {
         **total,
         "seconds": seconds,

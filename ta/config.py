@@ -337,6 +337,7 @@ class Dpo:
     save_total_limit: Positive
     gradient_checkpointing: bool
     train_sampling_strategy: Literal["group_by_length", "random", "sequential"]
+    split_rows_min_saving: NonNegative  # 0 = one padded forward per batch, as TRL
     precision: Precision
     attn_implementation: AttnImplementation
     num_processes: Positive

@@ -153,3 +153,49 @@ def test_pairs_are_batched_by_length(dpo_workspace: Path, tmp_path: Path) -> Non
     random_order = pad_positions(trainer, rows, list(RandomSampler(rows)), 2)
     assert grouped <= 4 * mixed_batch
     assert random_order > 8 * mixed_batch
+
+
+def test_a_batch_runs_in_row_groups_with_the_loss_of_one_forward(dpo_workspace: Path, tmp_path: Path) -> None:
+    """dpo.split_rows_min_saving reaches both models TRL gave its fused head, the policy and an explicit reference:
+    the long and the short rows of a batch reach each decoder apart, and the loss (not ln 2: the reference is the
+    base) is that of whole batches."""
+    import torch
+    from datasets import Dataset
+
+    from ta.base_model import read_base_ref
+    from ta.config import load_params
+    from ta.models import load_tokenizer
+    from ta.train import dpo as train_dpo
+
+    set_params(dpo_workspace, dpo={"max_length": 512, "ref_model": "models/base"})
+    params = load_params().dpo
+    pairs = []
+    for i, size in enumerate((4, 120)):
+        answers = {"chosen": "1" * size, "rejected": "2" * 4}  # one long answer: three short rows, one long
+        pairs.append({**pref_rows(1, i)[0], **{k: [{"role": "assistant", "content": v}] for k, v in answers.items()}})
+
+    def loss_and_widths(min_saving: int) -> tuple[float, list[int]]:
+        torch.manual_seed(0)
+        trainer = train_dpo.trainer_class(min_saving)(
+            model=train_dpo.load_policy(read_base_ref(), params),
+            ref_model=train_dpo.load_reference(read_base_ref(), params),
+            args=train_dpo.dpo_config(params, tmp_path),
+            train_dataset=Dataset.from_list(pairs),
+            eval_dataset=Dataset.from_list(pairs),
+            processing_class=load_tokenizer(Path("models/sft")),
+        )
+        widths: list[int] = []
+        for model in (trainer.model.get_base_model(), trainer.ref_model):
+            model.model.register_forward_pre_hook(
+                lambda module, args, kwargs: widths.append(kwargs["input_ids"].shape[1]), with_kwargs=True
+            )
+        batch = trainer.data_collator(list(trainer.train_dataset))
+        with torch.no_grad():
+            return float(trainer.compute_loss(trainer.model, batch)), widths
+
+    whole_loss, whole_widths = loss_and_widths(0)
+    split_loss, split_widths = loss_and_widths(1)
+    assert len(set(whole_widths)) == 1 and len(whole_widths) == 2  # policy and reference, each one padded batch
+    assert len(split_widths) == 4 and max(split_widths) == whole_widths[0] > 2 * min(split_widths)
+    assert abs(whole_loss - math.log(2)) > 1e-3
+    assert split_loss == pytest.approx(whole_loss, abs=1e-5)
