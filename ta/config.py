@@ -301,6 +301,7 @@ class Sft:
     padding_free: bool
     precision: Precision
     attn_implementation: AttnImplementation
+    liger_kernels: bool
     num_processes: Positive
     deepspeed_config: str  # used when num_processes > 1; "" = plain DDP
     gpu_memory_gb: Annotated[float, Range(ge=0)]  # 0 = the detected GPU's
@@ -340,6 +341,7 @@ class Dpo:
     split_rows_min_saving: NonNegative  # 0 = one padded forward per batch, as TRL
     precision: Precision
     attn_implementation: AttnImplementation
+    liger_kernels: bool
     num_processes: Positive
     deepspeed_config: str
 

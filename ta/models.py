@@ -7,10 +7,13 @@ in models/base. This module loads and saves.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 from ta.base_model import BaseModelRef
+
+log = logging.getLogger(__name__)
 
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -88,6 +91,47 @@ def check_attn_implementation(key: str, attn_implementation: str) -> None:
             f"params.yaml: {key}: flash_attention_2 needs a CUDA GPU and the flash-attn package "
             "(see requirements-gpu.txt); use sdpa"
         )
+
+
+# Liger-Kernel's layer kernels; its (fused linear) cross-entropy would replace the forward TRL gives the model for
+# its fused LM head, which already computes the loss without materialising the logits.
+LIGER_KERNELS = {
+    "rope": True,
+    "rms_norm": True,
+    "swiglu": True,
+    "cross_entropy": False,
+    "fused_linear_cross_entropy": False,
+}
+LIGER_VERSION = "0.8.5"
+
+
+def check_liger_kernels(key: str, enabled: bool) -> None:
+    """Liger's kernels are Triton kernels for CUDA GPUs, in the liger-kernel package; say so before any weight
+    loads."""
+    import importlib.util
+
+    if not enabled:
+        return
+    import torch
+
+    from ta.errors import ParamsError
+
+    if importlib.util.find_spec("liger_kernel") is None:
+        raise ParamsError(
+            f"params.yaml: {key}: liger-kernel is not installed; on the GPU machine: "
+            f".venv/bin/pip install liger-kernel=={LIGER_VERSION} (or set it to false)"
+        )
+    if not torch.cuda.is_available():
+        raise ParamsError(f"params.yaml: {key}: Liger's kernels run on CUDA GPUs and this machine has none; set false")
+
+
+def apply_liger_kernels(model: Any) -> None:
+    """Liger's RMSNorm, SwiGLU and RoPE kernels in place of the decoder's own (a PEFT model's base model)."""
+    from liger_kernel.transformers import _apply_liger_kernel_to_instance
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    log.info("Liger kernels for %s: %s", base.config.model_type, ", ".join(k for k, on in LIGER_KERNELS.items() if on))
+    _apply_liger_kernel_to_instance(model=base, **LIGER_KERNELS)
 
 
 def load_tokenizer(path: str | Path) -> Any:

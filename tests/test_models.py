@@ -115,3 +115,56 @@ def test_precision_names_map_to_torch_dtypes(precision: str, dtype: str) -> None
     import torch
 
     assert models.torch_dtype(precision) is getattr(torch, dtype)
+
+
+def test_liger_kernels_need_the_package_then_a_cuda_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+    import types
+
+    import torch
+
+    from ta.errors import ParamsError
+
+    models.check_liger_kernels("sft.liger_kernels", False)  # off: nothing is asked of the machine
+    installed = importlib.util.find_spec("liger_kernel") is not None
+    if not installed:
+        with pytest.raises(ParamsError, match=r"^params.yaml: sft.liger_kernels: liger-kernel is not installed; "):
+            models.check_liger_kernels("sft.liger_kernels", True)
+        find_spec = importlib.util.find_spec
+        monkeypatch.setattr(
+            importlib.util,
+            "find_spec",
+            lambda name, *a: types.SimpleNamespace() if name == "liger_kernel" else find_spec(name, *a),
+        )
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ParamsError, match=r"^params.yaml: dpo.liger_kernels: Liger's kernels run on CUDA GPUs"):
+        models.check_liger_kernels("dpo.liger_kernels", True)
+
+
+def test_liger_kernels_go_into_the_base_of_a_peft_model_and_leave_the_loss_to_trl(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Liger cannot run here (Triton, CUDA): its entry point is replaced by one that records its arguments."""
+    import types
+
+    from peft import LoraConfig, get_peft_model
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from tests.helpers import MICRO_QWEN2
+
+    calls: list[dict] = []
+    liger = types.ModuleType("liger_kernel.transformers")
+    liger._apply_liger_kernel_to_instance = lambda **kwargs: calls.append(kwargs)
+    monkeypatch.setitem(sys.modules, "liger_kernel", types.ModuleType("liger_kernel"))
+    monkeypatch.setitem(sys.modules, "liger_kernel.transformers", liger)
+
+    base = Qwen2ForCausalLM(Qwen2Config(vocab_size=64, **MICRO_QWEN2))
+    models.apply_liger_kernels(get_peft_model(base, LoraConfig(r=2, target_modules="all-linear")))
+    assert len(calls) == 1 and calls[0].pop("model") is base
+    assert calls[0] == {
+        "rope": True,
+        "rms_norm": True,
+        "swiglu": True,
+        "cross_entropy": False,  # TRL's fused LM head computes the loss
+        "fused_linear_cross_entropy": False,
+    }

@@ -22,7 +22,9 @@ from ta.config import Dpo, Reproducibility
 from ta.errors import MissingInputError, ParamsError
 from ta.files import atomic_directory
 from ta.models import (
+    apply_liger_kernels,
     check_attn_implementation,
+    check_liger_kernels,
     copy_tokenizer_files,
     load_base_model,
     load_tokenizer,
@@ -49,6 +51,7 @@ def check(params: Dpo) -> None:
     """Reject a config that cannot run here, before any process is launched or any weight loaded."""
     check_precision("dpo", params.precision)
     check_attn_implementation("dpo.attn_implementation", params.attn_implementation)
+    check_liger_kernels("dpo.liger_kernels", params.liger_kernels)
     launch.check_deepspeed("dpo", params.num_processes, params.deepspeed_config)
     ref_model = Path(params.ref_model)
     if params.ref_model and not (ref_model / "config.json").is_file() and not is_adapter(ref_model):
@@ -211,6 +214,10 @@ def train(
         processing_class=tokenizer,
         callbacks=callbacks,
     )
+    if params.liger_kernels:  # the policy, and an explicit reference (TRL's own is the policy's frozen adapter)
+        for model in (trainer.model, trainer.ref_model):
+            if model is not None:
+                apply_liger_kernels(model)
     if resume_from:
         log.info("Resuming from %s", resume_from.name)
     with label_positions_only():

@@ -19,7 +19,9 @@ from ta.config import Reproducibility, Sft
 from ta.errors import ParamsError
 from ta.files import atomic_directory
 from ta.models import (
+    apply_liger_kernels,
     check_attn_implementation,
+    check_liger_kernels,
     copy_tokenizer_files,
     load_base_model,
     load_tokenizer,
@@ -42,6 +44,7 @@ def check(params: Sft, ref: BaseModelRef) -> None:
     """Reject a config that cannot run here, before any process is launched or any weight loaded."""
     check_precision("sft", params.precision)
     check_attn_implementation("sft.attn_implementation", params.attn_implementation)
+    check_liger_kernels("sft.liger_kernels", params.liger_kernels)
     launch.check_deepspeed("sft", params.num_processes, params.deepspeed_config)
     check_memory(params, ref)
 
@@ -198,6 +201,8 @@ def train(
         peft_config=None if params.method == "full" else lora_config(params),
         callbacks=callbacks,
     )
+    if params.liger_kernels:
+        apply_liger_kernels(trainer.model)
     if resume_from:
         log.info("Resuming from %s", resume_from.name)
     with label_positions_only():

@@ -229,6 +229,7 @@ def test_early_stopping_stops_when_eval_loss_stops_improving_and_restores_the_be
         ({"num_processes": 2, "deepspeed_config": "no.json"}, "sft.deepspeed_config: no.json: file not found"),
         ({"gpu_memory_gb": 0.5}, "exceeds the 0.5 GiB available"),
         ({"num_processes": 2, "deepspeed_config": "zero3.json"}, "zero3.json: zero_optimization.stage 3 is not"),
+        ({"liger_kernels": True}, "sft: error: params.yaml: sft.liger_kernels: liger-kernel is not installed"),
     ],
 )
 def test_bad_configs_fail_fast_with_one_line(
