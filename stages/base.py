@@ -37,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         libraries.check("base")  # the installed versions are the ones libraries.yaml records
         params = load_params()
         reproducibility.apply(params.reproducibility)  # before torch loads
+        process.skip_bitsandbytes(needed=False)  # building tiny or snapshotting a model loads no weights
         from ta.base_model import snapshot_base, snapshot_files
 
         args.output.mkdir(parents=True, exist_ok=True)

@@ -16,6 +16,7 @@ import argparse
 import logging
 
 from ta import libraries, paths, process, reproducibility
+from ta.base_model import is_bnb_quantized
 from ta.config import load_params
 from ta.errors import report
 from ta.train import launch
@@ -33,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         libraries.check("dpo")  # the installed versions are the ones libraries.yaml records
         everything = load_params()
         reproducibility.apply(everything.reproducibility)  # before torch loads; the workers it launches inherit it
+        process.skip_bitsandbytes(needed=is_bnb_quantized())  # before transformers and PEFT load
         from ta.train import checkpoints, dpo
 
         params = everything.dpo

@@ -30,6 +30,7 @@ import os
 import time
 
 from ta import libraries, paths, process, reproducibility
+from ta.base_model import is_bnb_quantized
 from ta.config import load_params
 from ta.errors import report
 
@@ -46,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         params = load_params()
         reproducibility.apply(params.reproducibility)  # before torch loads
+        process.skip_bitsandbytes(needed=is_bnb_quantized())  # before transformers and PEFT load
         from ta.eval.evaluate import apply_gates, run
         from ta.eval.metrics import finite_or_null
 

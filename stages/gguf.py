@@ -17,6 +17,7 @@ import logging
 from pathlib import Path
 
 from ta import libraries, paths, process, reproducibility
+from ta.base_model import is_bnb_quantized
 from ta.config import load_params
 from ta.errors import report
 from ta.files import atomic_output, write_atomically
@@ -35,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         libraries.check("gguf")  # the installed versions are the ones libraries.yaml records
         everything = load_params()
         reproducibility.apply(everything.reproducibility)  # before torch loads
+        process.skip_bitsandbytes(needed=is_bnb_quantized())  # before transformers and PEFT load
         from ta.export.gguf import check_parity, convert
 
         params = everything.gguf

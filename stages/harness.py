@@ -20,6 +20,7 @@ import os
 import time
 
 from ta import libraries, paths, process, reproducibility
+from ta.base_model import is_bnb_quantized
 from ta.config import load_params
 from ta.errors import report
 from ta.files import write_atomically
@@ -40,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
             log.info("harness.enabled is false: nothing measured (dvc exp run -S harness.enabled=true)")
             return
         reproducibility.apply(params.reproducibility)  # before torch loads
+        process.skip_bitsandbytes(needed=is_bnb_quantized())  # before transformers and PEFT load
         from ta.eval.harness import run
 
         started = time.perf_counter()

@@ -16,6 +16,7 @@ import logging
 from pathlib import Path
 
 from ta import libraries, paths, process, reproducibility
+from ta.base_model import is_bnb_quantized
 from ta.config import MergeDtype, choices, load_project_params
 from ta.errors import report
 
@@ -34,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         libraries.check("merge")  # the installed versions are the ones libraries.yaml records
         params = load_project_params()
         reproducibility.apply(params.reproducibility)  # before torch loads
+        process.skip_bitsandbytes(needed=is_bnb_quantized())  # before transformers and PEFT load
         from ta.base_model import BaseModelRef, read_base_ref
         from ta.export.merge import merge
 

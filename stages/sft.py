@@ -17,6 +17,7 @@ import argparse
 import logging
 
 from ta import libraries, paths, process, reproducibility
+from ta.base_model import is_bnb_quantized
 from ta.config import load_params
 from ta.errors import report
 from ta.train import launch
@@ -34,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         libraries.check("sft")  # the installed versions are the ones libraries.yaml records
         params = load_params()
         reproducibility.apply(params.reproducibility)  # before torch loads; the workers it launches inherit it
+        process.skip_bitsandbytes(needed=params.sft.method == "qlora" or is_bnb_quantized())
         from ta.base_model import read_base_ref
         from ta.train import checkpoints, sft
 

@@ -67,6 +67,17 @@ def read_base_ref(base_dir: Path = BASE_DIR) -> BaseModelRef:
     return BaseModelRef(str(base_dir), None, trust)
 
 
+def is_bnb_quantized(base_dir: Path = BASE_DIR) -> bool:
+    """Whether the base checkpoint is quantized with bitsandbytes (a `*-bnb-4bit` hub model): loading it needs the
+    package."""
+    try:
+        config = json.loads((base_dir / "config.json").read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return False  # the stage's own loading says what is wrong
+    quantization = config.get("quantization_config") or {}
+    return isinstance(quantization, dict) and quantization.get("quant_method") == "bitsandbytes"
+
+
 def is_weight_file(name: str) -> bool:
     return any(Path(name).match(pattern) for pattern in WEIGHT_FILES)
 

@@ -58,8 +58,12 @@ def apply(settings: Reproducibility) -> None:
     if settings.threads:
         torch.set_num_threads(settings.threads)
     if settings.deterministic:
-        # warn_only: an op without a deterministic version warns (naming itself) instead of stopping the run
-        torch.use_deterministic_algorithms(True, warn_only=True)
+        # warn_only: an op without a deterministic version warns (naming itself) instead of stopping the run.
+        # torch.use_deterministic_algorithms without its first line, which imports torch's compiler (0.8 s) to set
+        # the flag of its generated kernels: no stage compiles. Where the compiler is loaded already, it is set.
+        torch._C._set_deterministic_algorithms(True, warn_only=True)
+        if "torch._inductor.config" in sys.modules:
+            sys.modules["torch._inductor.config"].deterministic = True
         torch.backends.cudnn.deterministic = True
         torch.backends.cudnn.benchmark = False
     capability = torch.backends.cpu.get_cpu_capability()

@@ -22,6 +22,7 @@ print(json.dumps({
     "threads": torch.get_num_threads(),
     "deterministic": torch.are_deterministic_algorithms_enabled(),
     "warn_only": torch.is_deterministic_algorithms_warn_only_enabled(),
+    "compiler_loaded": "torch._inductor" in sys.modules,
 }))
 """
 
@@ -68,10 +69,31 @@ def test_the_params_win_over_the_machines_environment() -> None:
     params' thread count (on an x86 CPU with AVX2, as every x86 server of the last decade)."""
     settings = {"threads": 2, "cpu_capability": "avx2", "deterministic": True}
     seen = probe(settings, ATEN_CPU_CAPABILITY="avx512", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    assert seen.pop("compiler_loaded") is False  # determinism without importing torch's compiler (0.8 s)
     assert seen == {"capability": "AVX2", "threads": 2, "deterministic": True, "warn_only": True}
 
 
 def test_native_leaves_the_choice_to_the_machine() -> None:
     settings = {"threads": 0, "cpu_capability": "native", "deterministic": False}
     seen = probe(settings, ATEN_CPU_CAPABILITY="default", OMP_NUM_THREADS="1")
-    assert seen == {"capability": "DEFAULT", "threads": 1, "deterministic": False, "warn_only": False}
+    assert seen == {
+        "capability": "DEFAULT",
+        "threads": 1,
+        "deterministic": False,
+        "warn_only": False,
+        "compiler_loaded": False,
+    }
+
+
+def test_a_compiler_loaded_before_gets_the_deterministic_flag_too() -> None:
+    program = (
+        "import torch._inductor.config as c\n"
+        "from ta.config import Reproducibility\n"
+        "from ta.reproducibility import apply\n"
+        "apply(Reproducibility(threads=1, cpu_capability='native', deterministic=True))\n"
+        "print(c.deterministic)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", program], env=repo_env(), capture_output=True, text=True, timeout=120, check=True
+    )
+    assert result.stdout.strip().splitlines()[-1] == "True"

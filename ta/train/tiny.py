@@ -127,6 +127,9 @@ def pretrain_corpus(cfg: TinyModel, seed: int, rows: PretrainRows) -> list[str]:
     return corpus
 
 
+DECAY_SHARE = 0.3  # of the pretraining steps, at the end, over which the learning rate decays to 0
+
+
 def build_tiny(cfg: TinyModel, seed: int, rows: PretrainRows, out_dir: Path) -> None:
     import torch
     from transformers import (
@@ -171,7 +174,12 @@ def build_tiny(cfg: TinyModel, seed: int, rows: PretrainRows, out_dir: Path) -> 
             max_steps=cfg.pretrain_steps,
             per_device_train_batch_size=cfg.pretrain_batch_size,
             learning_rate=cfg.pretrain_lr,
-            lr_scheduler_type="cosine",
+            # Warmup, a constant rate, then a decay over the last 30 % (WSD), and Adam's second moment over ~20
+            # steps instead of ~1000: per step, a better model than a cosine schedule with beta2 0.999 (held-out
+            # perplexity 50.1 -> 44.6 at 250 steps, 41.0 -> 38.3 at 400; BENCHMARKS.md "Turnaround").
+            lr_scheduler_type="warmup_stable_decay",
+            lr_scheduler_kwargs={"num_decay_steps": int(cfg.pretrain_steps * DECAY_SHARE)},
+            adam_beta2=0.95,
             warmup_steps=max(1, cfg.pretrain_steps // 20),
             logging_steps=max(1, cfg.pretrain_steps // 10),
             save_strategy="no",
