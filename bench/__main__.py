@@ -30,7 +30,14 @@ from pathlib import Path
 
 from bench.report import REPO, Options, header, machine, rewrite_section
 
-BENCHMARKS = ("prepare", "turnaround", "runtime", "train", "dpo")  # modules bench/<name>.py, each with run(Options)
+BENCHMARKS = (
+    "prepare",
+    "turnaround",
+    "pretrain",
+    "runtime",
+    "train",
+    "dpo",
+)  # modules bench/<name>.py, each with run(Options)
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:

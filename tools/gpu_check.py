@@ -8,8 +8,9 @@
    heads, 2 key/value heads, tied 151,936-row embedding, bf16 in two shards) with the real Qwen2 tokenizer;
 2. a fresh copy of this repository runs `dvc exp run -S base.model=<that dir> ... dpo`: base → prepare → sft
    → dpo, exactly the stages a user runs, with short budgets (CHECK_PARAMS), precision auto (bf16) and sdpa;
-3. from each training stage's log: tokens per second and the measured peak GPU memory, set against the
-   estimate of ta/train/memory.py for the same run;
+3. from each training stage's log: tokens per second, the MFU they make (training FLOPs per token as TRL
+   counts them, 6 per parameter plus attention, over the GPU's dense bf16 peak in TRL's table) and the
+   measured peak GPU memory, set against the estimate of ta/train/memory.py for the same run;
 4. `python -m serve.vllm` serves models/base with the DPO adapter (vLLM, requirements-gpu.txt) and
    serve/vllm_client.py must get an answer from the adapter.
 
@@ -65,6 +66,21 @@ THROUGHPUT = re.compile(r"throughput: (\d+) tokens in ([\d.]+) s, (\d+) tokens/s
 PEAK = re.compile(r"peak GPU memory on rank 0: ([\d.]+) GiB allocated, ([\d.]+) GiB reserved")
 
 
+def peak_flops(gpu_name: str) -> float | None:
+    """The GPU's dense bf16 peak FLOP/s, from TRL's table (TorchTitan's figures); None for a GPU it lacks."""
+    from trl.trainer.utils import get_peak_flops
+
+    return get_peak_flops(gpu_name, "bfloat16")
+
+
+def flops_per_token(model_dir: Path, seq_len: int) -> int:
+    """Training FLOPs per token (forward and backward) of the model, as TRL counts them for its own MFU."""
+    from transformers import AutoConfig
+    from trl.trainer.utils import compute_flops_per_token
+
+    return compute_flops_per_token(AutoConfig.from_pretrained(str(model_dir)), seq_len)
+
+
 class CheckFailed(UserError):
     exit_code = 1
 
@@ -111,10 +127,18 @@ def stage_logs(output: str) -> dict[str, str]:
     return {parts[i]: parts[i + 1] for i in range(1, len(parts) - 1, 2)}
 
 
-def training_figures(log: str, estimate_gib: float | None) -> dict[str, Any]:
+def training_figures(
+    log: str, estimate_gib: float | None, flops: int | None = None, peak: float | None = None
+) -> dict[str, Any]:
+    """What a training stage's log says (tokens/s, peak memory), with the MFU (%) those tokens/s make on one GPU
+    given the training FLOPs per token and the GPU's peak FLOP/s (TRL's compute_mfu)."""
     figures: dict[str, Any] = {}
     if match := THROUGHPUT.search(log):
         figures.update(tokens=int(match[1]), seconds=float(match[2]), tokens_per_second=int(match[3]))
+        if flops and peak:
+            from trl.trainer.utils import compute_mfu
+
+            figures["mfu_percent"] = round(compute_mfu(flops, figures["tokens_per_second"], 1, peak), 2)
     if match := PEAK.search(log):
         figures.update(peak_allocated_gib=float(match[1]), peak_reserved_gib=float(match[2]))
     if estimate_gib is not None:
@@ -225,8 +249,11 @@ def run_check(work: Path, vllm: str | None, serve_timeout: float) -> dict[str, A
         raise CheckFailed(f"dvc exp run failed (exit {trained.returncode}); see {work / 'train.log'}")
     result["train_seconds"] = round(time.monotonic() - started - result["build_seconds"], 1)
     logs, estimate = stage_logs(trained.stdout + trained.stderr), estimates(repo, model_dir)
+    result["peak_bf16_flops"] = peak = peak_flops(result["gpu"])
+    seq_lens = {"sft": CHECK_PARAMS["sft"]["max_seq_len"], "dpo": CHECK_PARAMS["dpo"]["max_length"]}
     for stage in ("sft", "dpo"):
-        result[stage] = training_figures(logs.get(stage, ""), estimate[stage])
+        flops = flops_per_token(model_dir, seq_lens[stage])
+        result[stage] = training_figures(logs.get(stage, ""), estimate[stage], flops, peak)
     python = vllm_python(vllm)
     if python is None:
         result["vllm"] = "not installed: pip install -r requirements-gpu.txt (own venv), then --vllm-python"

@@ -13,6 +13,7 @@ import json
 import logging
 import random
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from ta import chat
@@ -127,10 +128,23 @@ def pretrain_corpus(cfg: TinyModel, seed: int, rows: PretrainRows) -> list[str]:
     return corpus
 
 
-DECAY_SHARE = 0.3  # of the pretraining steps, at the end, over which the learning rate decays to 0
+@dataclass(frozen=True)
+class Recipe:
+    """How the tiny model pretrains beyond the params' steps, learning rate and batch."""
+
+    schedule: str  # transformers' lr_scheduler_type
+    decay_share: float  # warmup_stable_decay: the share of the steps, at the end, over which the rate decays to 0
+    adam_beta2: float
 
 
-def build_tiny(cfg: TinyModel, seed: int, rows: PretrainRows, out_dir: Path) -> None:
+# Warmup, a constant rate, then a decay over the last 30 % (WSD), and Adam's second moment over ~20 steps
+# instead of ~1000: per step, a better model than the cosine schedule with beta2 0.999 it replaced (held-out
+# perplexity 50.5 -> 42.7 at 250 steps, 41.6 -> 39.2 at 400: `python -m bench --only pretrain`).
+RECIPE = Recipe(schedule="warmup_stable_decay", decay_share=0.3, adam_beta2=0.95)
+COSINE = Recipe(schedule="cosine", decay_share=0.0, adam_beta2=0.999)  # the recipe until 7eedab1
+
+
+def build_tiny(cfg: TinyModel, seed: int, rows: PretrainRows, out_dir: Path, recipe: Recipe = RECIPE) -> None:
     import torch
     from transformers import (
         DataCollatorForLanguageModeling,
@@ -174,12 +188,13 @@ def build_tiny(cfg: TinyModel, seed: int, rows: PretrainRows, out_dir: Path) -> 
             max_steps=cfg.pretrain_steps,
             per_device_train_batch_size=cfg.pretrain_batch_size,
             learning_rate=cfg.pretrain_lr,
-            # Warmup, a constant rate, then a decay over the last 30 % (WSD), and Adam's second moment over ~20
-            # steps instead of ~1000: per step, a better model than a cosine schedule with beta2 0.999 (held-out
-            # perplexity 50.1 -> 44.6 at 250 steps, 41.0 -> 38.3 at 400; BENCHMARKS.md "Turnaround").
-            lr_scheduler_type="warmup_stable_decay",
-            lr_scheduler_kwargs={"num_decay_steps": int(cfg.pretrain_steps * DECAY_SHARE)},
-            adam_beta2=0.95,
+            lr_scheduler_type=recipe.schedule,
+            lr_scheduler_kwargs=(
+                {"num_decay_steps": int(cfg.pretrain_steps * recipe.decay_share)}
+                if recipe.schedule == "warmup_stable_decay"
+                else {}
+            ),
+            adam_beta2=recipe.adam_beta2,
             warmup_steps=max(1, cfg.pretrain_steps // 20),
             logging_steps=max(1, cfg.pretrain_steps // 10),
             save_strategy="no",

@@ -62,3 +62,29 @@ def test_reads_the_figures_the_trainer_callback_logs(caplog) -> None:
     assert measured["peak_allocated_gib"] == 2.5 and measured["estimate_over_measured"] == 1.2
     parts = gpu_check.stage_logs("Running stage 'sft':\nA\nRunning stage 'dpo':\nB\n")
     assert parts == {"sft": "\nA\n", "dpo": "\nB\n"}
+
+
+def test_mfu_is_tokens_per_second_times_flops_per_token_over_the_gpus_peak(tmp_path: Path) -> None:
+    from transformers import Qwen2Config
+
+    # A Qwen2.5-0.5B shape; FLOPs per token by hand: 3 x 2 x (the matmuls' weights + the attention scores).
+    Qwen2Config(
+        vocab_size=151936,
+        hidden_size=896,
+        intermediate_size=4864,
+        num_hidden_layers=24,
+        num_attention_heads=14,
+        num_key_value_heads=2,
+    ).save_pretrained(tmp_path)
+    h, layers, vocab, head, seq = 896, 24, 151936, 64, 512
+    per_layer = h * (14 * head + 2 * 2 * head) + 14 * head * h + 2 * 14 * head * seq + 3 * h * 4864
+    by_hand = 3 * 2 * (layers * per_layer + h * vocab)
+    flops = gpu_check.flops_per_token(tmp_path, seq)
+    assert flops == by_hand
+
+    peak = gpu_check.peak_flops("NVIDIA H200")
+    assert peak == 989e12 and gpu_check.peak_flops("NVIDIA H100 PCIe") == 756e12
+    assert gpu_check.peak_flops("Tesla K80") is None  # no MFU rather than a wrong one
+    figures = gpu_check.training_figures("throughput: 1000000 tokens in 20.0 s, 50000 tokens/s", None, flops, peak)
+    assert figures["mfu_percent"] == round(100 * 50000 * by_hand / 989e12, 2)
+    assert "mfu_percent" not in gpu_check.training_figures("throughput: 10 tokens in 1.0 s, 10 tokens/s", None, flops)
