@@ -252,7 +252,6 @@ WORKSPACE_PARAMS: dict[str, Any] = {
         "save_steps": 2,
         "learning_rate": 1.0e-3,
         "warmup_ratio": 0.0,
-        "split_rows_min_saving": 1,  # batches of two pairs: row groups wherever the rows differ in length
     },
 }
 

@@ -72,8 +72,11 @@ class LlamaServerLM(TemplateLM):
                 f"/extras/tokenize into {n_tokens}"
             )
         logprobs = reply["choices"][0]["logprobs"]
-        # The report leaves out the BOS and ends with the one generated token: the continuation is just before it.
-        span = slice(-1 - len(continuation_ids), -1)
+        # The report leaves out the BOS and ends with the token generated after the prompt, if any: none when
+        # the model's first pick is a stop token (a chat model after its end-of-turn), so the prompt's own
+        # tokens end `completion_tokens` before the report does, and the continuation ends there.
+        end = len(logprobs["token_logprobs"]) - reply["usage"]["completion_tokens"]
+        span = slice(end - len(continuation_ids), end)
         token_logprobs, top_logprobs = logprobs["token_logprobs"][span], logprobs["top_logprobs"][span]
         is_greedy = all(lp >= max(top.values()) for lp, top in zip(token_logprobs, top_logprobs, strict=True))
         return float(sum(token_logprobs)), is_greedy

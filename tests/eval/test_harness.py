@@ -122,6 +122,24 @@ def test_an_empty_list_is_a_params_error(tmp_path: Path, key: str) -> None:
         load_params(write_params(tmp_path, harness={key: []}))
 
 
+@pytest.mark.parametrize("generated", [1, 0])
+def test_the_continuation_ends_where_the_prompt_does_whether_or_not_a_token_was_generated(generated: int) -> None:
+    """The server's report: the prompt's tokens after the BOS, then the one generated token, or none when the
+    model's first pick is a stop token (a chat model after its end-of-turn picks one). The continuation's two
+    tokens are the last two of the prompt either way."""
+    from ta.eval.llama_server_lm import LlamaServerLM
+
+    prompt = [None, -0.5, -1.0, -2.0, -4.0]  # context tokens, then the continuation's -2.0 and -4.0
+    report = prompt + [-0.1] * generated
+    reply = {
+        "usage": {"prompt_tokens": 6, "completion_tokens": generated},
+        "choices": [{"logprobs": {"token_logprobs": report, "top_logprobs": [{"x": -0.1}] * len(report)}}],
+    }
+    lm = LlamaServerLM("http://127.0.0.1:1/v1", "ta-lora", None, (1, BOS))
+    lm._post = lambda url, body: reply  # the server's side is tests below (a real llama.cpp server)
+    assert lm._score(BOS + "context and continuation", 6, [7, 8]) == (-6.0, False)
+
+
 # ------------------------------------------------------------------------------ on the pipeline's artifacts
 
 

@@ -92,7 +92,11 @@ def test_what_cannot_run_is_one_line_before_any_weight_loads(
 
 
 def test_two_processes_train_under_deepspeed_zero2(dpo_training_workspace: Path) -> None:
-    set_params(dpo_training_workspace, dpo={"num_processes": 2, "max_steps": 2, "save_steps": 0})
+    # split_rows_min_saving 1: each rank forwards its batch's rows in length groups, as ZeRO-2 must allow
+    set_params(
+        dpo_training_workspace,
+        dpo={"num_processes": 2, "max_steps": 2, "save_steps": 0, "split_rows_min_saving": 1},
+    )
     result = run_module("stages.dpo", dpo_training_workspace)
     log = result.stdout + result.stderr
     assert result.returncode == 0, log[-3000:]
