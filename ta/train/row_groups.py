@@ -18,11 +18,8 @@ arguments, explicit position ids, multimodal inputs, MoE router logits, or a lef
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from typing import Any
-
-log = logging.getLogger(__name__)
 
 # The per-token fields of TRL's FusedCausalLMOutput: zero (False) wherever the label is -100.
 PER_TOKEN = ("log_probs", "entropy", "log_sum_sq_probs", "mean_logits", "is_top1", "label_mask")
@@ -70,10 +67,10 @@ def split_rows(forward: Callable[..., Any], min_saving: int) -> Callable[..., An
     """`forward` (a model's, with TRL's fused LM head), running a right-padded batch in length-sorted row groups."""
 
     def grouped_forward(*args: Any, fused_lm_head: bool = False, **kwargs: Any) -> Any:
-        groups = None if args or not fused_lm_head or min_saving <= 0 else _groups(kwargs, min_saving)
+        given = {key: value for key, value in kwargs.items() if value is not None}
+        groups = None if args or not fused_lm_head or min_saving <= 0 else _groups(given, min_saving)
         if groups is None:
             return forward(*args, fused_lm_head=fused_lm_head, **kwargs)
-        given = {key: value for key, value in kwargs.items() if value is not None}
         num_items = given.pop("num_items_in_batch", None)
         outputs = []
         for rows, length in groups:
@@ -84,12 +81,11 @@ def split_rows(forward: Callable[..., Any], min_saving: int) -> Callable[..., An
     return grouped_forward
 
 
-def _groups(kwargs: dict[str, Any], min_saving: int) -> list[tuple[Any, int]] | None:
-    """The row groups of this call's batch (an index tensor and the longest row's length each); None to run it
-    whole."""
+def _groups(given: dict[str, Any], min_saving: int) -> list[tuple[Any, int]] | None:
+    """The row groups of this call's batch (its keyword arguments that are not None): an index tensor and the
+    longest row's length each; None to run it whole."""
     import torch
 
-    given = {key: value for key, value in kwargs.items() if value is not None}
     if any(key not in SLICED + PASSED for key in given) or any(key not in given for key in SLICED):
         return None  # position ids, embeddings, pixel values, router logits...: not a batch this reasons about
     lengths = right_padded_lengths(given["attention_mask"])
